@@ -1,0 +1,378 @@
+//! The Coordinator API: the one way every other crate claims keys, finds owners and sends them
+//! messages. Two backends implement [`Backend`]: the in-process hub ([`crate::InProcessHub`])
+//! and the network client of the port switch service.
+
+use crate::error::{OwnershipError, Result};
+use crate::session::{GuardState, SessionLink};
+use crate::types::{validate_key, Endpoints, Event, Mode, NodeId, NodeInfo, Owner, SessionConfig, Token};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Per-key answer of a backend's claim: the fresh token, or who holds the key.
+pub type ClaimReply = std::result::Result<Token, Owner>;
+
+/// What a transport provides. Implementations report pushed events, renewals and losses through
+/// the [`SessionLink`] they were built with.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// RegPort: one reply per key, in order. With `notify`, a refused key's release is pushed
+    /// later as [`Event::Released`].
+    async fn claim(&self, keys: &[String], notify: bool) -> Result<Vec<ClaimReply>>;
+    /// UnRegPort.
+    async fn release(&self, keys: &[String]) -> Result<()>;
+    /// UnRegPort without waiting for the reply; it must reach the server before any call this
+    /// session makes afterwards (a later claim of the same key must not overtake it).
+    fn release_in_background(&self, keys: Vec<String>);
+    /// QueryPort.
+    async fn owner_of(&self, keys: &[String]) -> Result<Vec<Option<Owner>>>;
+    /// QueryNode.
+    async fn query_node(&self, node: &NodeId) -> Result<Option<NodeInfo>>;
+    /// SendMsg.
+    async fn send(&self, key: &str, payload: Bytes) -> Result<()>;
+    /// Relet: renew the lease now (lease mode; in persistent mode heartbeats do this).
+    async fn relet(&self) -> Result<()>;
+    /// Ends the session: the server releases its ports at once.
+    async fn close(&self) -> Result<()>;
+}
+
+/// The answer for one key of [`Coordinator::claim`].
+#[derive(Debug)]
+pub enum Claim {
+    /// The key is this node's until the guard is released, dropped or lost.
+    Granted(Guard),
+    /// Someone holds it (possibly this node, through another guard).
+    OwnedBy(Owner),
+}
+
+impl Claim {
+    pub fn granted(self) -> Option<Guard> {
+        match self {
+            Claim::Granted(g) => Some(g),
+            Claim::OwnedBy(_) => None,
+        }
+    }
+}
+
+struct Core {
+    node: NodeId,
+    endpoints: Endpoints,
+    config: SessionConfig,
+    link: Arc<SessionLink>,
+    backend: Arc<dyn Backend>,
+}
+
+/// A node's session with the ownership service. Cheap to clone; every clone is the same session.
+#[derive(Clone)]
+pub struct Coordinator {
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Coordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordinator").field("node", &self.core.node).finish()
+    }
+}
+
+impl Coordinator {
+    /// Joins a link and the backend built on it into a session, and starts the watchdog that
+    /// loses every guard when the client-side lease end passes.
+    pub fn from_parts(
+        config: SessionConfig,
+        link: Arc<SessionLink>,
+        backend: Arc<dyn Backend>,
+    ) -> Coordinator {
+        tokio::spawn(SessionLink::watchdog(Arc::downgrade(&link)));
+        Coordinator {
+            core: Arc::new(Core {
+                node: link.node().clone(),
+                endpoints: config.endpoints.clone(),
+                config,
+                link,
+                backend,
+            }),
+        }
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.core.node
+    }
+
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.core.endpoints
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.core.config.mode
+    }
+
+    pub fn config(&self) -> &SessionConfig {
+        &self.core.config
+    }
+
+    /// Whether the session's lease holds on the client's clock right now.
+    pub fn lease_valid(&self) -> bool {
+        self.core.link.lease_valid()
+    }
+
+    /// The owner record this node would show for a key it holds.
+    fn me(&self, token: Token) -> Owner {
+        Owner {
+            node: self.core.node.clone(),
+            endpoints: self.core.endpoints.clone(),
+            token,
+        }
+    }
+
+    /// Claims many keys in one request. Each key is granted (a guard with a fresh token) or
+    /// answered with its owner. A key this node already holds is answered `OwnedBy` this node:
+    /// there is at most one guard per key per node.
+    pub async fn claim(&self, keys: &[&str]) -> Result<Vec<Claim>> {
+        self.claim_with(keys, false).await
+    }
+
+    /// As [`claim`](Self::claim); with `notify`, a refused key's later release is pushed to this
+    /// node as [`Event::Released`] (and wakes `wait_for_release`).
+    pub async fn claim_with(&self, keys: &[&str], notify: bool) -> Result<Vec<Claim>> {
+        for k in keys {
+            validate_key(k)?;
+        }
+        let link = &self.core.link;
+        if link.is_closed() {
+            return Err(OwnershipError::SessionClosed {
+                node: self.core.node.to_string(),
+            });
+        }
+        // Reserve locally first, so two tasks of this node never both get a guard.
+        let mut out: Vec<Option<Claim>> = Vec::with_capacity(keys.len());
+        let mut ask: Vec<String> = Vec::new();
+        let mut ask_idx = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            match link.reserve(k) {
+                Ok(()) => {
+                    // Duplicates in one batch: the first occurrence asks, the rest see `Claiming`.
+                    ask.push((*k).to_owned());
+                    ask_idx.push(i);
+                    out.push(None);
+                }
+                Err(token) => out.push(Some(Claim::OwnedBy(self.me(token)))),
+            }
+        }
+        if ask.is_empty() {
+            return Ok(out.into_iter().flatten().collect());
+        }
+        let replies = match self.core.backend.claim(&ask, notify).await {
+            Ok(r) if r.len() == ask.len() => r,
+            Ok(r) => {
+                for k in &ask {
+                    link.unreserve(k);
+                }
+                return Err(OwnershipError::Protocol(format!(
+                    "claim of {} keys answered with {} replies",
+                    ask.len(),
+                    r.len()
+                )));
+            }
+            Err(e) => {
+                for k in &ask {
+                    link.unreserve(k);
+                }
+                return Err(e);
+            }
+        };
+        for ((key, idx), reply) in ask.into_iter().zip(ask_idx).zip(replies) {
+            out[idx] = Some(match reply {
+                Ok(token) => {
+                    let state = link.install(&key, token);
+                    if !link.lease_valid() {
+                        state.mark_lost();
+                    }
+                    Claim::Granted(Guard {
+                        state,
+                        core: self.core.clone(),
+                    })
+                }
+                Err(owner) => {
+                    link.unreserve(&key);
+                    Claim::OwnedBy(owner)
+                }
+            });
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Claims one key, waiting up to `timeout` for its current owner to release it.
+    pub async fn claim_wait(&self, key: &str, timeout: Duration) -> Result<Guard> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Arm the waiter before asking, so a release between the reply and the wait is seen.
+            let released = self.core.link.wait_release(key);
+            let claim = self.claim_with(&[key], true).await?.pop();
+            match claim {
+                Some(Claim::Granted(g)) => return Ok(g),
+                Some(Claim::OwnedBy(owner)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    // A key this node holds elsewhere sends no release notice: poll it.
+                    let wait = if owner.node == self.core.node {
+                        left.min(Duration::from_millis(20))
+                    } else {
+                        left
+                    };
+                    let _ = tokio::time::timeout(wait, released).await;
+                    if Instant::now() >= deadline {
+                        return Err(OwnershipError::Timeout {
+                            what: format!("claim of {key:?}"),
+                            millis: timeout.as_millis() as u64,
+                        });
+                    }
+                }
+                None => return Err(OwnershipError::Protocol("empty claim reply".into())),
+            }
+        }
+    }
+
+    /// Waits up to `timeout` until `key` has no owner other than this node. Returns at once
+    /// when the key is free.
+    pub async fn wait_for_release(&self, key: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let released = self.core.link.wait_release(key);
+            match self.claim_with(&[key], true).await?.pop() {
+                Some(Claim::Granted(g)) => {
+                    g.release().await?;
+                    return Ok(());
+                }
+                Some(Claim::OwnedBy(o)) if o.node == self.core.node => return Ok(()),
+                Some(Claim::OwnedBy(_)) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if tokio::time::timeout(left, released).await.is_err() {
+                        return Err(OwnershipError::Timeout {
+                            what: format!("release of {key:?}"),
+                            millis: timeout.as_millis() as u64,
+                        });
+                    }
+                }
+                None => return Err(OwnershipError::Protocol("empty claim reply".into())),
+            }
+        }
+    }
+
+    /// The current owner of each key (QueryPort).
+    pub async fn owner_of(&self, keys: &[&str]) -> Result<Vec<Option<Owner>>> {
+        for k in keys {
+            validate_key(k)?;
+        }
+        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
+        self.core.backend.owner_of(&keys).await
+    }
+
+    /// A node's endpoints, or `None` when it is offline (QueryNode).
+    pub async fn query_node(&self, node: &NodeId) -> Result<Option<NodeInfo>> {
+        self.core.backend.query_node(node).await
+    }
+
+    /// Sends a blob to the owner of `key` (SendMsg). Not durable; in order per sender.
+    pub async fn send(&self, key: &str, payload: impl Into<Bytes>) -> Result<()> {
+        validate_key(key)?;
+        self.core.backend.send(key, payload.into()).await
+    }
+
+    /// Messages and release notices for keys starting with `prefix` (`""` for all). Every
+    /// subscriber whose prefix matches gets its own copy.
+    pub fn messages(&self, prefix: &str) -> mpsc::UnboundedReceiver<Event> {
+        self.core.link.subscribe(prefix)
+    }
+
+    /// Renews the lease now (Relet). Needed only in lease mode.
+    pub async fn relet(&self) -> Result<()> {
+        self.core.backend.relet().await
+    }
+
+    /// Ends the session: every guard is lost and the server frees the ports at once.
+    pub async fn close(&self) -> Result<()> {
+        let r = self.core.backend.close().await;
+        self.core.link.close();
+        r
+    }
+}
+
+/// Proof that this node owns a key. Dropping it releases the key in the background.
+pub struct Guard {
+    state: Arc<GuardState>,
+    core: Arc<Core>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("key", &self.state.key)
+            .field("token", &self.token())
+            .field("valid", &self.is_valid())
+            .finish()
+    }
+}
+
+impl Guard {
+    pub fn key(&self) -> &str {
+        &self.state.key
+    }
+
+    /// The current fencing token. It grows when the port is re-registered after a failover.
+    pub fn token(&self) -> Token {
+        self.state.token.load(Ordering::Acquire)
+    }
+
+    /// True while the key is surely this node's: not lost, not released, and the session's
+    /// lease still holds on the client's clock (minus the safety margin).
+    pub fn is_valid(&self) -> bool {
+        !self.state.is_lost()
+            && !self.state.released.load(Ordering::Acquire)
+            && self.core.link.lease_valid()
+    }
+
+    /// Resolves when ownership is lost (lease end, failed re-registration, session closed).
+    /// Resolves at once if it already is.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.state.lost.subscribe();
+        async move {
+            let _ = rx.wait_for(|lost| *lost).await;
+        }
+    }
+
+    /// The node's coordinator, for calls made on behalf of this guard.
+    pub fn coordinator(&self) -> Coordinator {
+        Coordinator {
+            core: self.core.clone(),
+        }
+    }
+
+    /// Releases the key and waits for the service to confirm.
+    pub async fn release(self) -> Result<()> {
+        self.state.released.store(true, Ordering::Release);
+        let ours = self.core.link.uninstall(&self.state);
+        self.state.mark_lost();
+        if ours {
+            self.core.backend.release(&[self.state.key.clone()]).await
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if self.state.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let ours = self.core.link.uninstall(&self.state);
+        self.state.mark_lost();
+        if ours {
+            self.core
+                .backend
+                .release_in_background(vec![self.state.key.clone()]);
+        }
+    }
+}

@@ -1,1 +1,26 @@
-//! placeholder
+//! Keyward's write-back cache: records of DBC tables, served from the memory of the node that
+//! owns each key (`cache/<db>/<table>/<pk>`) through the ownership model. Other nodes forward
+//! one hop to the owner; writes are made durable in a journal in the same database (group
+//! commit) before they are acknowledged, then merged and flushed to the table, fenced by the
+//! key's token, so a stale owner can never overwrite a newer one.
+
+mod cache;
+mod config;
+mod error;
+mod flush;
+mod journal;
+mod keys;
+mod mapping;
+mod peer;
+mod stats;
+mod store;
+mod table;
+
+pub use cache::Cache;
+pub use config::CacheConfig;
+pub use error::{CacheError, Result};
+pub use keys::{cache_key, encode_pk};
+pub use mapping::{from_record, to_record};
+pub use peer::PeerListener;
+pub use stats::CacheStats;
+pub use table::{CacheTable, RawTable, TableOptions, UpdateFn, WriteMode};

@@ -4,7 +4,9 @@
 
 use crate::error::{OwnershipError, Result};
 use crate::session::{GuardState, SessionLink};
-use crate::types::{validate_key, Endpoints, Event, Mode, NodeId, NodeInfo, Owner, SessionConfig, Token};
+use crate::types::{
+    validate_key, Endpoints, Event, Mode, NodeId, NodeInfo, Owner, SessionConfig, Token,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::sync::atomic::Ordering;
@@ -73,7 +75,9 @@ pub struct Coordinator {
 
 impl std::fmt::Debug for Coordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coordinator").field("node", &self.core.node).finish()
+        f.debug_struct("Coordinator")
+            .field("node", &self.core.node)
+            .finish()
     }
 }
 
@@ -355,7 +359,10 @@ impl Guard {
         let ours = self.core.link.uninstall(&self.state);
         self.state.mark_lost();
         if ours {
-            self.core.backend.release(&[self.state.key.clone()]).await
+            self.core
+                .backend
+                .release(std::slice::from_ref(&self.state.key))
+                .await
         } else {
             Ok(())
         }

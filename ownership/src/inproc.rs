@@ -289,6 +289,16 @@ impl Backend for HubSession {
             return Err(self.closed());
         };
         let held = session.ports.len();
+        // Check the limit before changing anything: a refused batch must leave no ports behind
+        // (the caller forgets every key of a failed claim).
+        let fresh: HashSet<&str> = keys
+            .iter()
+            .map(String::as_str)
+            .filter(|k| !st.ports.contains_key(*k))
+            .collect();
+        if held.saturating_add(fresh.len()) > limit {
+            return Err(OwnershipError::PortLimit { held, limit });
+        }
         let mut out = Vec::with_capacity(keys.len());
         let mut granted = 0usize;
         for key in keys {

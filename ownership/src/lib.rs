@@ -2,19 +2,32 @@
 //! (ports), learn who owns them and message their owners, with fencing tokens that only grow.
 //!
 //! Two implementations share the API: [`InProcessHub`] (one process: tests, CLIs, the embedded
-//! default) and the network client of the BYPSS-style port switch service.
+//! default) and the network client ([`connect`]) of the BYPSS-style port switch service
+//! ([`Server`]), alone or as a group electing its master through openraft ([`GroupSettings`]).
 
+mod auth;
+mod client;
+mod config;
 mod coordinator;
 mod error;
+pub mod frame;
+mod group;
 mod inproc;
+mod server;
 mod session;
+mod status;
 mod types;
 
+pub use client::{connect, server_stats, ClientOptions};
+pub use config::{ConfigError, GroupConfig, GroupRole, OwnershipConfig};
 pub use coordinator::{Backend, Claim, ClaimReply, Coordinator, Guard};
 pub use error::{OwnershipError, Result};
+pub use group::GroupSettings;
 pub use inproc::InProcessHub;
+pub use server::{Server, ServerConfig, ServerError};
 pub use session::SessionLink;
+pub use status::{NodeStats, ServerStats};
 pub use types::{
-    encode_key_part, validate_key, Endpoints, Event, Mode, NodeId, NodeInfo, Owner,
-    SessionConfig, Token, MAX_KEY_BYTES,
+    encode_key_part, validate_key, Endpoints, Event, Mode, NodeId, NodeInfo, Owner, SessionConfig,
+    Token, MAX_KEY_BYTES,
 };

@@ -53,7 +53,9 @@ pub struct SessionLink {
 
 impl std::fmt::Debug for SessionLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionLink").field("node", &self.node).finish()
+        f.debug_struct("SessionLink")
+            .field("node", &self.node)
+            .finish()
     }
 }
 

@@ -69,7 +69,11 @@ pub struct NodeInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// A blob sent to `key`, delivered to its owner (this node).
-    Message { key: String, from: NodeId, payload: Bytes },
+    Message {
+        key: String,
+        from: NodeId,
+        payload: Bytes,
+    },
     /// `key` was released; this node claimed it with notify and was refused before.
     Released { key: String },
 }

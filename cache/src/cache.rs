@@ -1,0 +1,1061 @@
+//! A node's cache: routing by ownership, the owner's read and write paths, loading with journal
+//! replay, invalidation, start and stop.
+
+use crate::config::CacheConfig;
+use crate::error::{CacheError, Result};
+use crate::journal::{self, decode_row, journal_def, journal_key, JReq};
+use crate::keys::cache_key;
+use crate::peer::client::{CallError, Pool};
+use crate::peer::proto::{RemoteError, Request};
+use crate::peer::{server, PeerListener};
+use crate::stats::{inc, CacheStats, Counters};
+use crate::store::{entry_size, lock, Entry, Store};
+use crate::table::{CacheTable, RawTable, TableOptions, TableState, WriteMode};
+use keyward_dbc::{Db, DbcError, Key, Record, Table, TableDef, Value};
+use keyward_ownership::{Claim, Coordinator, Guard};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+
+/// A change to one key, run at its owner.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum WriteOp {
+    Put(Record),
+    Delete,
+    Cas {
+        expected: Option<Record>,
+        new: Option<Record>,
+    },
+    Update {
+        name: String,
+        arg: serde_json::Value,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Op {
+    Get,
+    Write(WriteOp),
+    Invalidate,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Reply {
+    Value(Option<Record>),
+    Done,
+    Cas(bool),
+    /// The answering node does not own the key; the owner's cache address when known.
+    Redirect(Option<String>),
+}
+
+enum Look {
+    Hit(Option<Record>),
+    Ready,
+    Expired,
+    Missing,
+}
+
+enum Resolved {
+    Local,
+    Remote(Arc<str>),
+}
+
+enum Computed {
+    Write(Option<Record>, Reply),
+    NoWrite(Reply),
+}
+
+/// Most owner addresses remembered; the map is cleared past this (it is only a hint).
+const MAX_ROUTES: usize = 1 << 18;
+
+pub(crate) struct Inner {
+    pub cfg: CacheConfig,
+    pub coord: Coordinator,
+    pub db: Db,
+    pub db_id: String,
+    pub jtable: Table,
+    pub journal: mpsc::UnboundedSender<JReq>,
+    pub store: Store,
+    pub tables: RwLock<HashMap<String, Arc<TableState>>>,
+    routes: Mutex<HashMap<Arc<str>, Arc<str>>>,
+    pending: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
+    pub peers: Pool,
+    pub c: Arc<Counters>,
+    seq: AtomicU64,
+    closed: AtomicBool,
+    pub flusher_paused: AtomicBool,
+    /// One flush at a time: two concurrent flushes of one key could land out of order and
+    /// leave an older image in the table.
+    pub flush_lock: tokio::sync::Mutex<()>,
+    pub flush_wake: Arc<Notify>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    local_addr: Option<SocketAddr>,
+}
+
+/// A node's cache. Cheap to clone; every clone is the same cache.
+#[derive(Clone)]
+pub struct Cache {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("node", self.inner.coord.node_id())
+            .field("listen", &self.inner.local_addr)
+            .finish()
+    }
+}
+
+/// Keeps other tasks of this node from loading the same key at once.
+struct Flight<'a> {
+    inner: &'a Inner,
+    key: Arc<str>,
+}
+
+impl Drop for Flight<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = lock(&self.inner.pending).remove(&self.key) {
+            n.notify_waiters();
+        }
+    }
+}
+
+fn compute(ts: &TableState, pk: &Key, cur: Option<&Record>, op: &WriteOp) -> Result<Computed> {
+    Ok(match op {
+        WriteOp::Put(r) => Computed::Write(Some(r.clone()), Reply::Done),
+        WriteOp::Delete => Computed::Write(None, Reply::Done),
+        WriteOp::Cas { expected, new } => {
+            if cur == expected.as_ref() {
+                Computed::Write(new.clone(), Reply::Cas(true))
+            } else {
+                Computed::NoWrite(Reply::Cas(false))
+            }
+        }
+        WriteOp::Update { name, arg } => {
+            let f = ts.update_fn(name)?;
+            let new = f(cur, arg).map_err(|message| CacheError::UpdateFailed {
+                name: name.clone(),
+                message,
+            })?;
+            if let Some(n) = &new {
+                ts.check_record(n)?;
+                if ts.pk_of(n) != *pk {
+                    return Err(CacheError::invalid(
+                        ts.name(),
+                        format!("update {name:?} changed the primary key"),
+                    ));
+                }
+            }
+            Computed::Write(new.clone(), Reply::Value(new))
+        }
+    })
+}
+
+fn check_write(ts: &TableState, pk: &Key, op: &WriteOp) -> Result<()> {
+    let rec = match op {
+        WriteOp::Put(r) => Some(r),
+        WriteOp::Cas { new, .. } => new.as_ref(),
+        _ => None,
+    };
+    if let Some(r) = rec {
+        ts.check_record(r)?;
+        if ts.pk_of(r) != *pk {
+            return Err(CacheError::invalid(
+                ts.name(),
+                "the record's primary key differs from the key",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn unexpected(r: &Reply) -> CacheError {
+    CacheError::Peer {
+        addr: String::new(),
+        message: format!("unexpected reply {r:?}"),
+    }
+}
+
+impl Cache {
+    /// Starts the cache of a node: binds `config.listen` (which the node announces as its
+    /// `cache` endpoint in the coordinator's session), creates the journal table, and starts
+    /// the peer listener, the journal committer and the flusher.
+    pub async fn start(config: CacheConfig, coordinator: Coordinator, db: Db) -> Result<Cache> {
+        let listener = PeerListener::bind(&config.listen).await?;
+        Self::start_on(listener, config, coordinator, db).await
+    }
+
+    /// As [`start`](Self::start) on a listener bound beforehand (`config.listen` is ignored).
+    pub async fn start_on(
+        listener: PeerListener,
+        config: CacheConfig,
+        coordinator: Coordinator,
+        db: Db,
+    ) -> Result<Cache> {
+        config.check()?;
+        let local_addr = listener.local_addr().ok();
+        let announced = coordinator.endpoints().get("cache").cloned();
+        if announced.is_none() {
+            tracing::warn!(
+                "the node announces no `cache` endpoint: other nodes cannot forward to it"
+            );
+        }
+        let db_id = db.database_id().await?.hyphenated().to_string();
+        let jtable = db.define_table(journal_def(&config.journal_table)).await?;
+        let (jtx, jrx) = mpsc::unbounded_channel();
+        let c = Arc::new(Counters::default());
+        let inner = Arc::new(Inner {
+            store: Store::new(config.shards, config.max_bytes),
+            peers: Pool::new(&config.secret),
+            cfg: config,
+            coord: coordinator,
+            db,
+            db_id,
+            jtable: jtable.clone(),
+            journal: jtx,
+            tables: RwLock::new(HashMap::new()),
+            routes: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            c: c.clone(),
+            seq: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            flusher_paused: AtomicBool::new(false),
+            flush_lock: tokio::sync::Mutex::new(()),
+            flush_wake: Arc::new(Notify::new()),
+            tasks: Mutex::new(Vec::new()),
+            committer: Mutex::new(None),
+            local_addr,
+        });
+        *lock(&inner.committer) = Some(tokio::spawn(journal::run(jtable, jrx, c)));
+        let weak = Arc::downgrade(&inner);
+        let flusher = tokio::spawn(crate::flush::run(weak.clone()));
+        let srv = server::spawn(listener, weak, inner.cfg.secret.as_bytes().to_vec());
+        lock(&inner.tasks).extend([flusher, srv]);
+        tracing::info!(node = %inner.coord.node_id(), listen = ?local_addr, ?announced, "cache started");
+        Ok(Cache { inner })
+    }
+
+    /// The address the peer listener is bound to.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.inner.local_addr
+    }
+
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.inner.coord
+    }
+
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.cfg
+    }
+
+    /// Registers a table whose values are the serde type `T` (fields matched by name). Creates
+    /// the table in the database if missing. Every node registers the same tables.
+    pub async fn table<T: Serialize + DeserializeOwned>(
+        &self,
+        def: TableDef,
+        opts: TableOptions,
+    ) -> Result<CacheTable<T>> {
+        Ok(CacheTable::new(self.raw_table(def, opts).await?))
+    }
+
+    /// Registers a table whose values are raw records.
+    pub async fn raw_table(&self, def: TableDef, opts: TableOptions) -> Result<RawTable> {
+        let existing = self
+            .inner
+            .tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&def.name)
+            .cloned();
+        if let Some(ts) = existing {
+            if ts.def != def || ts.opts != opts {
+                return Err(CacheError::invalid(
+                    &def.name,
+                    "already registered with another definition or options",
+                ));
+            }
+            return Ok(RawTable {
+                cache: self.clone(),
+                ts,
+            });
+        }
+        let table = self.inner.db.define_table(def.clone()).await?;
+        let ts = Arc::new(TableState::new(def, table, opts)?);
+        let ts = self
+            .inner
+            .tables
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ts.name().to_owned())
+            .or_insert(ts)
+            .clone();
+        Ok(RawTable {
+            cache: self.clone(),
+            ts,
+        })
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        self.inner.c.snapshot()
+    }
+
+    pub(crate) async fn get(&self, ts: &Arc<TableState>, pk: &[Value]) -> Result<Option<Record>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        ts.check_pk(pk)?;
+        let key = inner.key(ts, pk)?;
+        if let Look::Hit(v) = inner.lookup(&key, true) {
+            inc(&inner.c.hits);
+            return Ok(v);
+        }
+        match inner.execute(ts, key, &pk.to_vec(), &Op::Get, true).await? {
+            Reply::Value(v) => Ok(v),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub(crate) async fn write(
+        &self,
+        ts: &Arc<TableState>,
+        pk: &[Value],
+        op: WriteOp,
+    ) -> Result<Reply> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        ts.check_pk(pk)?;
+        let pk = pk.to_vec();
+        check_write(ts, &pk, &op)?;
+        let key = inner.key(ts, &pk)?;
+        inner.execute(ts, key, &pk, &Op::Write(op), true).await
+    }
+
+    pub(crate) async fn invalidate(&self, ts: &Arc<TableState>, pk: &[Value]) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        ts.check_pk(pk)?;
+        let key = inner.key(ts, pk)?;
+        inner.invalidate(ts, &key, &pk.to_vec()).await
+    }
+
+    /// Test hook: stops (or resumes) the background flusher, as if the process were paused;
+    /// [`flush`](Self::flush) still works.
+    #[doc(hidden)]
+    pub fn pause_flusher(&self, paused: bool) {
+        self.inner.flusher_paused.store(paused, Ordering::Release);
+    }
+
+    /// Flushes every dirty key now (the flusher does this by age on its own).
+    pub async fn flush(&self) -> Result<()> {
+        self.inner.flush_all().await
+    }
+
+    /// Graceful stop: refuses new calls, flushes every dirty key, waits for the journal, and
+    /// releases every port. Call it on SIGTERM.
+    pub async fn shutdown(&self) -> Result<()> {
+        let inner = &self.inner;
+        if inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Stop serving peers first, so no new writes arrive while we flush.
+        if let Some(srv) = lock(&inner.tasks).pop() {
+            srv.abort();
+        }
+        let flushed = inner.flush_all().await;
+        let (tx, rx) = oneshot::channel();
+        if inner.journal.send(JReq::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        let mut guards = Vec::new();
+        for shard in inner.store.shards() {
+            let mut sh = lock(shard);
+            while let Some((k, _)) = sh.lru.peek_lru() {
+                let k = k.clone();
+                if let Some(e) = sh.take(&k, &inner.c) {
+                    guards.push(e.guard);
+                }
+            }
+            // Dirty entries left here failed to flush: their writes stay in the journal.
+            guards.extend(sh.evicting.drain().map(|(_, e)| e.guard));
+        }
+        for g in guards {
+            if let Ok(g) = Arc::try_unwrap(g) {
+                if let Err(e) = g.release().await {
+                    tracing::debug!(error = %e, "release at shutdown failed");
+                }
+            }
+        }
+        inner.stop_tasks();
+        tracing::info!(node = %inner.coord.node_id(), stats = ?inner.c.snapshot(), "cache stopped");
+        flushed
+    }
+
+    /// Stops the cache at once, as if its process died: no flush, no journal wait, memory
+    /// dropped. For crash tests: close or pause the node's coordinator session first, so that
+    /// the ports are not handed back in an orderly way.
+    pub fn abort(&self) {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        inner.stop_tasks();
+        for shard in inner.store.shards() {
+            let mut sh = lock(shard);
+            sh.lru.clear();
+            sh.evicting.clear();
+            sh.dirty.clear();
+            sh.bytes = 0;
+        }
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(CacheError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn stop_tasks(&self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+        if let Some(t) = lock(&self.committer).take() {
+            t.abort();
+        }
+        self.peers.abort();
+    }
+
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn key(&self, ts: &TableState, pk: &[Value]) -> Result<Arc<str>> {
+        Ok(cache_key(&self.db_id, ts.name(), pk)?.into())
+    }
+
+    fn table_state(&self, name: &str) -> Result<Arc<TableState>> {
+        self.tables
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+            .ok_or_else(|| CacheError::UnknownTable(name.to_owned()))
+    }
+
+    fn route(&self, key: &str) -> Option<Arc<str>> {
+        lock(&self.routes).get(key).cloned()
+    }
+
+    fn remember(&self, key: &Arc<str>, addr: Arc<str>) {
+        let mut r = lock(&self.routes);
+        if r.len() >= MAX_ROUTES {
+            r.clear();
+        }
+        r.insert(key.clone(), addr);
+    }
+
+    fn forget_route(&self, key: &str) {
+        lock(&self.routes).remove(key);
+    }
+
+    /// The owner-side view of a key in memory. Entries whose ownership lapsed are taken out:
+    /// dirty ones go to the flusher (their writes are in the journal either way).
+    fn lookup(&self, key: &str, read: bool) -> Look {
+        let budget = self.store.budget;
+        let mut released: Vec<Arc<Guard>> = Vec::new();
+        let mut wake = false;
+        let look = {
+            let mut sh = self.store.shard(key);
+            let state = sh.lru.get(key).map(|e| {
+                if !e.guard.is_valid() {
+                    None
+                } else if !e.is_dirty() && e.expires.is_some_and(|t| Instant::now() >= t) {
+                    Some(Look::Expired)
+                } else if read {
+                    Some(Look::Hit(e.value.clone()))
+                } else {
+                    Some(Look::Ready)
+                }
+            });
+            match state {
+                Some(Some(look)) => look,
+                Some(None) => {
+                    if let Some(e) = sh.take(key, &self.c) {
+                        if e.is_dirty() {
+                            sh.evicting.insert(Arc::from(key), e);
+                            wake = true;
+                        } else {
+                            released.push(e.guard);
+                        }
+                    }
+                    Look::Missing
+                }
+                None => {
+                    let back = sh.evicting.get(key).is_some_and(|e| e.guard.is_valid());
+                    match back.then(|| sh.evicting.remove_entry(key)).flatten() {
+                        Some((k, e)) => {
+                            let v = read.then(|| e.value.clone());
+                            let (out, flush) = sh.insert(k, e, budget, &self.c);
+                            released.extend(out);
+                            wake |= flush;
+                            match v {
+                                Some(v) => Look::Hit(v),
+                                None => Look::Ready,
+                            }
+                        }
+                        None => Look::Missing,
+                    }
+                }
+            }
+        };
+        if wake {
+            self.flush_wake.notify_one();
+        }
+        drop(released);
+        look
+    }
+
+    async fn single_flight(&self, key: &Arc<str>) -> Flight<'_> {
+        loop {
+            let n = {
+                let mut m = lock(&self.pending);
+                match m.get(key) {
+                    Some(n) => n.clone(),
+                    None => {
+                        m.insert(key.clone(), Arc::new(Notify::new()));
+                        return Flight {
+                            inner: self,
+                            key: key.clone(),
+                        };
+                    }
+                }
+            };
+            let fut = n.notified();
+            tokio::pin!(fut);
+            fut.as_mut().enable();
+            let still = lock(&self.pending)
+                .get(key)
+                .is_some_and(|x| Arc::ptr_eq(x, &n));
+            if still {
+                fut.await;
+            }
+        }
+    }
+
+    /// Reads a key for a new owner: the journal entry a previous owner left wins over the
+    /// table (it is newer than anything flushed). Returns the value and whether it is dirty.
+    async fn load(&self, ts: &TableState, key: &str, pk: &Key) -> Result<(Option<Record>, bool)> {
+        inc(&self.c.misses);
+        if let Some(row) = self.jtable.get(&journal_key(key)).await? {
+            inc(&self.c.replays);
+            let img = decode_row(&row, ts.def.fields.len())?;
+            tracing::debug!(key, "replayed a journal entry");
+            return Ok((img, true));
+        }
+        Ok((ts.table.get(pk).await?, false))
+    }
+
+    fn install(
+        &self,
+        ts: &Arc<TableState>,
+        key: &Arc<str>,
+        pk: &Key,
+        value: Option<Record>,
+        guard: Arc<Guard>,
+        dirty: bool,
+    ) {
+        let now = Instant::now();
+        let e = Entry {
+            table: ts.clone(),
+            pk: pk.clone(),
+            size: entry_size(key, pk, value.as_ref()),
+            value,
+            guard,
+            expires: ts.opts.ttl.map(|t| now + t),
+            seq: self.next_seq(),
+            dirty_since: dirty.then_some(now),
+            retry_at: None,
+            attempts: 0,
+            wlock: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        let (released, flush) =
+            self.store
+                .shard(key)
+                .insert(key.clone(), e, self.store.budget, &self.c);
+        if flush {
+            self.flush_wake.notify_one();
+        }
+        drop(released);
+    }
+
+    /// Refreshes an expired clean entry from the table, keeping its ownership.
+    async fn reload(&self, ts: &TableState, key: &Arc<str>, pk: &Key) -> Result<()> {
+        let (guard, seq) = {
+            let sh = self.store.shard(key);
+            match sh.lru.peek(&**key) {
+                Some(e) => (e.guard.clone(), e.seq),
+                None => return Ok(()),
+            }
+        };
+        inc(&self.c.misses);
+        inc(&self.c.expirations);
+        let v = ts.table.get(pk).await?;
+        let size = entry_size(key, pk, v.as_ref());
+        let mut sh = self.store.shard(key);
+        let mut fresh = false;
+        if let Some(e) = sh.lru.peek_mut(&**key) {
+            if Arc::ptr_eq(&e.guard, &guard) && e.seq == seq && !e.is_dirty() {
+                e.value = v;
+                e.expires = ts.opts.ttl.map(|t| Instant::now() + t);
+                fresh = true;
+            }
+        }
+        if fresh {
+            sh.resize(key, size, &self.c);
+        }
+        Ok(())
+    }
+
+    /// Makes sure the key is in this node's memory (claiming and loading it if nobody owns
+    /// it), or names the owner to forward to.
+    async fn resolve(
+        &self,
+        ts: &Arc<TableState>,
+        key: &Arc<str>,
+        pk: &Key,
+        may_forward: bool,
+        deadline: Instant,
+    ) -> Result<Resolved> {
+        loop {
+            self.check_open()?;
+            if matches!(self.lookup(key, false), Look::Ready | Look::Hit(_)) {
+                return Ok(Resolved::Local);
+            }
+            if may_forward {
+                if let Some(a) = self.route(key) {
+                    return Ok(Resolved::Remote(a));
+                }
+            }
+            let flight = self.single_flight(key).await;
+            match self.lookup(key, false) {
+                Look::Ready | Look::Hit(_) => return Ok(Resolved::Local),
+                Look::Expired => {
+                    self.reload(ts, key, pk).await?;
+                    return Ok(Resolved::Local);
+                }
+                Look::Missing => {}
+            }
+            let claim = self.coord.claim(&[key]).await?.pop();
+            match claim {
+                Some(Claim::Granted(g)) => {
+                    self.forget_route(key);
+                    let g = Arc::new(g);
+                    let (value, replayed) = self.load(ts, key, pk).await?;
+                    if !g.is_valid() {
+                        continue;
+                    }
+                    self.install(ts, key, pk, value, g, replayed);
+                    return Ok(Resolved::Local);
+                }
+                Some(Claim::OwnedBy(o)) if &o.node == self.coord.node_id() => {
+                    // Our own guard is being released (eviction, invalidation): wait it out.
+                    drop(flight);
+                    if Instant::now() >= deadline {
+                        return Err(self.timeout(key));
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Some(Claim::OwnedBy(o)) => {
+                    let addr: Arc<str> = o
+                        .endpoint("cache")
+                        .ok_or_else(|| CacheError::NoEndpoint {
+                            node: o.node.to_string(),
+                            key: key.to_string(),
+                        })?
+                        .into();
+                    self.remember(key, addr.clone());
+                    return Ok(Resolved::Remote(addr));
+                }
+                None => {
+                    return Err(CacheError::Ownership(
+                        keyward_ownership::OwnershipError::Protocol("empty claim reply".into()),
+                    ))
+                }
+            }
+        }
+    }
+
+    fn timeout(&self, key: &str) -> CacheError {
+        CacheError::Timeout {
+            key: key.to_owned(),
+            millis: self.cfg.request_timeout_ms,
+        }
+    }
+
+    /// Runs an operation at the key's owner: here, or one hop away.
+    async fn execute(
+        &self,
+        ts: &Arc<TableState>,
+        key: Arc<str>,
+        pk: &Key,
+        op: &Op,
+        may_forward: bool,
+    ) -> Result<Reply> {
+        let deadline = Instant::now() + self.cfg.request_timeout();
+        let mut retries = 0u32;
+        loop {
+            if Instant::now() >= deadline {
+                return Err(self.timeout(&key));
+            }
+            match self.resolve(ts, &key, pk, may_forward, deadline).await? {
+                Resolved::Local => {
+                    let r = match op {
+                        Op::Get => match self.lookup(&key, true) {
+                            Look::Hit(v) => {
+                                inc(&self.c.hits);
+                                Some(Reply::Value(v))
+                            }
+                            _ => None,
+                        },
+                        Op::Write(w) => self.write_local(ts, &key, pk, w).await?,
+                        Op::Invalidate => Some(self.invalidate_local(&key).await?),
+                    };
+                    if let Some(r) = r {
+                        return Ok(r);
+                    }
+                }
+                Resolved::Remote(addr) if !may_forward => {
+                    return Ok(Reply::Redirect(Some(addr.to_string())))
+                }
+                Resolved::Remote(addr) => {
+                    inc(&self.c.forwards);
+                    match self.peers.call(&addr, ts.name(), pk, op).await {
+                        Ok(Reply::Redirect(hint)) => {
+                            self.forget_route(&key);
+                            if let Some(h) = hint {
+                                self.remember(&key, h.into());
+                            }
+                        }
+                        Ok(r) => return Ok(r),
+                        Err(CallError::NotSent(m)) => {
+                            // The owner may be dead with its lease still running: ask again.
+                            tracing::debug!(%addr, error = %m, "cache peer unreachable");
+                            self.forget_route(&key);
+                        }
+                        Err(CallError::Lost) => {
+                            self.forget_route(&key);
+                            if matches!(op, Op::Write(_)) {
+                                return Err(CacheError::Indeterminate {
+                                    addr: addr.to_string(),
+                                });
+                            }
+                        }
+                        Err(CallError::Remote(message)) => {
+                            return Err(CacheError::Peer {
+                                addr: addr.to_string(),
+                                message,
+                            })
+                        }
+                    }
+                    retries += 1;
+                    if retries > 2 {
+                        let ms = (retries as u64 * 5).min(100);
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes an entry without flushing it (its acknowledged writes are in the journal).
+    fn discard(&self, key: &str, guard: &Arc<Guard>) {
+        let e = {
+            let mut sh = self.store.shard(key);
+            match sh.lru.peek(key) {
+                Some(e) if Arc::ptr_eq(&e.guard, guard) => sh.take(key, &self.c),
+                _ => None,
+            }
+        };
+        drop(e);
+    }
+
+    /// A write at the owner. `None` when the entry went away meanwhile (route again).
+    async fn write_local(
+        &self,
+        ts: &Arc<TableState>,
+        key: &Arc<str>,
+        pk: &Key,
+        op: &WriteOp,
+    ) -> Result<Option<Reply>> {
+        if ts.opts.mode == WriteMode::WriteThrough {
+            return self.write_through(ts, key, pk, op).await;
+        }
+        let budget = self.store.budget;
+        let (rx, guard, reply, released, wake) = {
+            let mut sh = self.store.shard(key);
+            let Some(e) = sh.lru.get_mut(&**key) else {
+                return Ok(None);
+            };
+            if !e.guard.is_valid() {
+                return Ok(None);
+            }
+            let (new, reply) = match compute(ts, pk, e.value.as_ref(), op)? {
+                Computed::NoWrite(r) => return Ok(Some(r)),
+                Computed::Write(n, r) => (n, r),
+            };
+            let seq = self.next_seq();
+            let guard = e.guard.clone();
+            let (tx, rx) = oneshot::channel();
+            // Queued under the shard lock, so the journal sees this key's writes in order.
+            let req = JReq::Put {
+                key: key.clone(),
+                table: ts.name().to_owned(),
+                token: guard.token(),
+                seq,
+                image: new.clone(),
+                done: tx,
+            };
+            let size = entry_size(key, pk, new.as_ref());
+            e.value = new;
+            e.seq = seq;
+            self.c.journal_pending.fetch_add(1, Ordering::Relaxed);
+            if self.journal.send(req).is_err() {
+                self.c.journal_pending.fetch_sub(1, Ordering::Relaxed);
+                return Err(CacheError::Closed);
+            }
+            sh.resize(key, size, &self.c);
+            sh.mark_dirty(key, Instant::now(), &self.c);
+            let mut released = Vec::new();
+            let wake = sh.enforce(budget, &self.c, &mut released);
+            (rx, guard, reply, released, wake)
+        };
+        drop(released);
+        if wake {
+            self.flush_wake.notify_one();
+        }
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Memory is ahead of the journal now: drop it, the next load reads what is durable.
+                self.discard(key, &guard);
+                return Err(e);
+            }
+            Err(_) => return Err(CacheError::Closed),
+        }
+        // Acknowledge only while surely still the owner: a successor reads the journal after
+        // our lease ended, hence after this commit.
+        if !guard.is_valid() {
+            return Err(CacheError::OwnershipLost {
+                key: key.to_string(),
+            });
+        }
+        inc(&self.c.writes);
+        Ok(Some(reply))
+    }
+
+    async fn write_through(
+        &self,
+        ts: &Arc<TableState>,
+        key: &Arc<str>,
+        pk: &Key,
+        op: &WriteOp,
+    ) -> Result<Option<Reply>> {
+        let (wlock, guard) = {
+            let mut sh = self.store.shard(key);
+            match sh.lru.get(&**key) {
+                Some(e) if e.guard.is_valid() => (e.wlock.clone(), e.guard.clone()),
+                _ => return Ok(None),
+            }
+        };
+        let _w = wlock.lock().await;
+        let cur = {
+            let sh = self.store.shard(key);
+            match sh.lru.peek(&**key) {
+                Some(e) if Arc::ptr_eq(&e.guard, &guard) => e.value.clone(),
+                _ => return Ok(None),
+            }
+        };
+        let (new, reply) = match compute(ts, pk, cur.as_ref(), op)? {
+            Computed::NoWrite(r) => return Ok(Some(r)),
+            Computed::Write(n, r) => (n, r),
+        };
+        let token = guard.token();
+        let r = match &new {
+            Some(rec) => ts.table.put_fenced(rec, token).await,
+            None => ts.table.delete_fenced(pk, token).await.map(|_| ()),
+        };
+        match r {
+            Ok(()) => {}
+            Err(DbcError::Fenced { .. }) => {
+                inc(&self.c.fenced);
+                self.discard(key, &guard);
+                return Err(CacheError::OwnershipLost {
+                    key: key.to_string(),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let size = entry_size(key, pk, new.as_ref());
+        {
+            let mut sh = self.store.shard(key);
+            let mut same = false;
+            if let Some(e) = sh.lru.peek_mut(&**key) {
+                if Arc::ptr_eq(&e.guard, &guard) {
+                    e.value = new;
+                    e.seq = self.next_seq();
+                    same = true;
+                }
+            }
+            if same {
+                sh.resize(key, size, &self.c);
+            }
+        }
+        inc(&self.c.writes);
+        self.c.flushed_rows.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(reply))
+    }
+
+    /// Drops a key this node holds: flushes it if dirty, then releases the port.
+    async fn invalidate_local(&self, key: &Arc<str>) -> Result<Reply> {
+        let flushing = self.flush_lock.lock().await;
+        let e = {
+            let mut sh = self.store.shard(key);
+            match sh.take(key, &self.c) {
+                Some(e) => Some(e),
+                None => sh.evicting.remove(&**key),
+            }
+        };
+        let Some(e) = e else { return Ok(Reply::Done) };
+        if e.is_dirty() {
+            let token = e.guard.token();
+            let r = match &e.value {
+                Some(rec) => e.table.table.put_fenced(rec, token).await,
+                None => e.table.table.delete_fenced(&e.pk, token).await.map(|_| ()),
+            };
+            match r {
+                Ok(()) => {
+                    self.c.flushed_rows.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.journal.send(JReq::Forget {
+                        key: key.clone(),
+                        token,
+                        seq: e.seq,
+                    });
+                }
+                Err(DbcError::Fenced { .. }) => inc(&self.c.fenced),
+                Err(err) => {
+                    // Keep it for the flusher; the caller learns the invalidation failed.
+                    self.store.shard(key).evicting.insert(key.clone(), e);
+                    self.flush_wake.notify_one();
+                    return Err(err.into());
+                }
+            }
+        }
+        drop(flushing);
+        // The journal row must be gone before the port is: a successor would replay it over
+        // the table's newer, outside value (the reason for invalidating).
+        let (tx, rx) = oneshot::channel();
+        if self.journal.send(JReq::Barrier(tx)).is_ok() {
+            let _ = rx.await;
+        }
+        if let Ok(g) = Arc::try_unwrap(e.guard) {
+            g.release().await?;
+        }
+        Ok(Reply::Done)
+    }
+
+    fn holds(&self, key: &str) -> bool {
+        let sh = self.store.shard(key);
+        sh.lru.contains(key) || sh.evicting.contains_key(key)
+    }
+
+    async fn invalidate(&self, ts: &Arc<TableState>, key: &Arc<str>, pk: &Key) -> Result<()> {
+        let deadline = Instant::now() + self.cfg.request_timeout();
+        self.forget_route(key);
+        loop {
+            if self.holds(key) {
+                return self.invalidate_local(key).await.map(|_| ());
+            }
+            let owner = self.coord.owner_of(&[key]).await?.pop().flatten();
+            match owner {
+                None => return Ok(()),
+                Some(o) if &o.node == self.coord.node_id() => {}
+                Some(o) => {
+                    let addr = o.endpoint("cache").ok_or_else(|| CacheError::NoEndpoint {
+                        node: o.node.to_string(),
+                        key: key.to_string(),
+                    })?;
+                    inc(&self.c.forwards);
+                    match self.peers.call(addr, ts.name(), pk, &Op::Invalidate).await {
+                        Ok(_) => return Ok(()),
+                        Err(CallError::Remote(message)) => {
+                            return Err(CacheError::Peer {
+                                addr: addr.to_owned(),
+                                message,
+                            })
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout(key));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A peer's request answered from memory without waiting, if it can be.
+    pub(crate) fn serve_peer_fast(&self, req: &Request) -> Option<Result<Reply, RemoteError>> {
+        if !matches!(req.op, Op::Get) || self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let ts = self.table_state(&req.table).ok()?;
+        ts.check_pk(&req.pk).ok()?;
+        let key = self.key(&ts, &req.pk).ok()?;
+        match self.lookup(&key, true) {
+            Look::Hit(v) => {
+                inc(&self.c.hits);
+                inc(&self.c.served_for_peers);
+                Some(Ok(Reply::Value(v)))
+            }
+            _ => None,
+        }
+    }
+
+    /// A peer's request, served as the owner (claiming the key if nobody holds it), or
+    /// answered with a redirect to the owner.
+    pub(crate) async fn serve_peer(
+        &self,
+        table: String,
+        pk: Key,
+        op: Op,
+    ) -> Result<Reply, RemoteError> {
+        inc(&self.c.served_for_peers);
+        let r = async {
+            self.check_open()?;
+            let ts = self.table_state(&table)?;
+            ts.check_pk(&pk)?;
+            if let Op::Write(w) = &op {
+                check_write(&ts, &pk, w)?;
+            }
+            let key = self.key(&ts, &pk)?;
+            match op {
+                Op::Invalidate if self.holds(&key) => self.invalidate_local(&key).await,
+                Op::Invalidate => Ok(Reply::Done),
+                op => self.execute(&ts, key, &pk, &op, false).await,
+            }
+        }
+        .await;
+        r.map_err(|e| RemoteError {
+            message: e.to_string(),
+        })
+    }
+}

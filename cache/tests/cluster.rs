@@ -1,0 +1,603 @@
+//! Several cache nodes in one process on one in-process ownership hub, over one SQLite database.
+
+use keyward_cache::{Cache, CacheConfig, CacheTable, PeerListener, TableOptions, WriteMode};
+use keyward_dbc::{Db, Field, FieldType, TableDef, Value};
+use keyward_ownership::{Coordinator, Endpoints, InProcessHub, SessionConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Counter {
+    id: i64,
+    n: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+struct Item {
+    id: String,
+    v: String,
+}
+
+fn counters_def() -> TableDef {
+    TableDef {
+        name: "counters".into(),
+        fields: vec![
+            Field::new("id", FieldType::I64),
+            Field::new("n", FieldType::I64),
+        ],
+        primary_key: vec!["id".into()],
+    }
+}
+
+fn items_def(name: &str) -> TableDef {
+    TableDef {
+        name: name.into(),
+        fields: vec![
+            Field::new("id", FieldType::Text),
+            Field::new("v", FieldType::Text),
+        ],
+        primary_key: vec!["id".into()],
+    }
+}
+
+struct Node {
+    cache: Cache,
+    coord: Coordinator,
+}
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    hub: InProcessHub,
+    db: Db,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite:{}?mode=rwc", dir.path().join("kw.db").display());
+        let db = Db::connect(&url).await.unwrap();
+        Cluster {
+            _dir: dir,
+            hub: InProcessHub::new(),
+            db,
+        }
+    }
+
+    async fn node_with(&self, cfg: CacheConfig, lease: Duration) -> Node {
+        let l = PeerListener::bind("127.0.0.1:0").await.unwrap();
+        let mut endpoints = Endpoints::new();
+        endpoints.insert("cache".into(), l.local_addr().unwrap().to_string());
+        let coord = self
+            .hub
+            .connect(SessionConfig {
+                endpoints,
+                lease,
+                margin: lease / 5,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let cache = Cache::start_on(l, cfg, coord.clone(), self.db.clone())
+            .await
+            .unwrap();
+        Node { cache, coord }
+    }
+
+    async fn node(&self) -> Node {
+        self.node_with(cfg(), Duration::from_secs(5)).await
+    }
+}
+
+fn cfg() -> CacheConfig {
+    CacheConfig {
+        secret: "s3cret".into(),
+        flush_max_age_ms: 100,
+        request_timeout_ms: 10_000,
+        ..Default::default()
+    }
+}
+
+async fn counters(n: &Node) -> CacheTable<Counter> {
+    let t: CacheTable<Counter> = n
+        .cache
+        .table(counters_def(), TableOptions::default())
+        .await
+        .unwrap();
+    t.register_update("incr", |cur: Option<Counter>, (id, by): (i64, i64)| {
+        let mut c = cur.unwrap_or(Counter { id, n: 0 });
+        c.n += by;
+        Ok(Some(c))
+    });
+    t
+}
+
+fn k(i: i64) -> Vec<Value> {
+    vec![Value::I64(i)]
+}
+
+fn sk(s: &str) -> Vec<Value> {
+    vec![Value::Text(s.into())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_from_any_node() {
+    let c = Cluster::new().await;
+    let nodes = vec![c.node().await, c.node().await, c.node().await];
+    let mut tables = Vec::new();
+    for n in &nodes {
+        tables.push(
+            n.cache
+                .table::<Item>(items_def("items"), TableOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    for i in 0..30 {
+        let id = format!("k/{i}");
+        let item = Item {
+            id: id.clone(),
+            v: format!("v{i}"),
+        };
+        tables[i % 3].put(&item).await.unwrap();
+        for t in &tables {
+            assert_eq!(
+                t.get(&sk(&id)).await.unwrap(),
+                Some(item.clone()),
+                "key {id}"
+            );
+        }
+    }
+    let all: Vec<Vec<Value>> = (0..30).map(|i| sk(&format!("k/{i}"))).collect();
+    let many = tables[1].get_many(&all).await.unwrap();
+    assert!(many.iter().all(|x| x.is_some()));
+    tables[2].delete(&sk("k/4")).await.unwrap();
+    for t in &tables {
+        assert_eq!(t.get(&sk("k/4")).await.unwrap(), None);
+    }
+    assert!(tables[0]
+        .compare_and_put(
+            &sk("k/5"),
+            Some(&Item {
+                id: "k/5".into(),
+                v: "v5".into()
+            }),
+            Some(&Item {
+                id: "k/5".into(),
+                v: "w".into()
+            })
+        )
+        .await
+        .unwrap());
+    assert!(!tables[1]
+        .compare_and_put(
+            &sk("k/5"),
+            None,
+            Some(&Item {
+                id: "k/5".into(),
+                v: "x".into()
+            })
+        )
+        .await
+        .unwrap());
+    assert_eq!(tables[2].get(&sk("k/5")).await.unwrap().unwrap().v, "w");
+    let forwards: u64 = nodes.iter().map(|n| n.cache.stats().forwards).sum();
+    assert!(forwards > 0, "some calls must have been forwarded");
+    for n in &nodes {
+        n.cache.shutdown().await.unwrap();
+    }
+    // Everything reached the table.
+    let t = c.db.define_table(items_def("items")).await.unwrap();
+    assert_eq!(
+        t.get(&sk("k/5")).await.unwrap(),
+        Some(vec![Value::Text("k/5".into()), Value::Text("w".into())])
+    );
+    assert_eq!(t.get(&sk("k/4")).await.unwrap(), None);
+    assert_eq!(
+        t.get(&sk("k/29")).await.unwrap(),
+        Some(vec![Value::Text("k/29".into()), Value::Text("v29".into())])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_updated_from_many_nodes_ends_exact() {
+    let c = Cluster::new().await;
+    let nodes = vec![c.node().await, c.node().await, c.node().await];
+    let mut tables = Vec::new();
+    for n in &nodes {
+        tables.push(counters(n).await);
+    }
+    let mut tasks = Vec::new();
+    for (ni, t) in tables.iter().enumerate() {
+        for w in 0..4 {
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..50 {
+                    let id = ((ni + w + i) % 2) as i64;
+                    t.update(&k(id), "incr", &(id, 1i64)).await.unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = 3 * 4 * 50;
+    for t in &tables {
+        let a = t.get(&k(0)).await.unwrap().unwrap().n;
+        let b = t.get(&k(1)).await.unwrap().unwrap().n;
+        assert_eq!(a + b, total);
+        assert_eq!(a, total / 2);
+    }
+    let writes: u64 = nodes.iter().map(|n| n.cache.stats().writes).sum();
+    assert_eq!(writes, total as u64);
+    for n in &nodes {
+        n.cache.shutdown().await.unwrap();
+    }
+    let t = c.db.define_table(counters_def()).await.unwrap();
+    assert_eq!(
+        t.get(&k(0)).await.unwrap(),
+        Some(vec![Value::I64(0), Value::I64(total / 2)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eviction_bounds_memory_and_keeps_every_write() {
+    let c = Cluster::new().await;
+    let budget = 64 * 1024;
+    let n = c
+        .node_with(
+            CacheConfig {
+                max_bytes: budget,
+                shards: 1,
+                flush_max_age_ms: 60_000,
+                ..cfg()
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+    let t = n
+        .cache
+        .table::<Item>(items_def("big"), TableOptions::default())
+        .await
+        .unwrap();
+    let count = 1500;
+    for i in 0..count {
+        t.put(&Item {
+            id: format!("{i}"),
+            v: format!("{i:0>200}"),
+        })
+        .await
+        .unwrap();
+        assert!(
+            n.cache.stats().bytes as u64 <= budget + 1024,
+            "memory over budget: {:?}",
+            n.cache.stats()
+        );
+    }
+    let s = n.cache.stats();
+    assert!(s.evictions > 0, "{s:?}");
+    assert!(s.entries < count, "{s:?}");
+    // Evicted dirty keys were flushed (the flush age is a minute, so only eviction did it) and
+    // their ports released.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n.cache.stats().flushed_rows == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(n.cache.stats().flushed_rows > 0);
+    for i in 0..count {
+        let got = t.get(&sk(&format!("{i}"))).await.unwrap().unwrap();
+        assert_eq!(got.v, format!("{i:0>200}"));
+    }
+    let ports: usize = c.hub.nodes().iter().map(|x| x.ports).sum();
+    assert!(
+        ports < count as usize,
+        "ports of evicted keys must be released: {ports}"
+    );
+    n.cache.shutdown().await.unwrap();
+    let raw = c.db.define_table(items_def("big")).await.unwrap();
+    assert_eq!(raw.count().await.unwrap(), count as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_and_invalidate_pick_up_outside_writes() {
+    let c = Cluster::new().await;
+    let a = c.node().await;
+    let b = c.node().await;
+    let opts = TableOptions {
+        ttl: Some(Duration::from_millis(300)),
+        mode: WriteMode::WriteBack,
+    };
+    let ta = a
+        .cache
+        .table::<Item>(items_def("ttl"), opts.clone())
+        .await
+        .unwrap();
+    let tb = b.cache.table::<Item>(items_def("ttl"), opts).await.unwrap();
+    let raw = c.db.define_table(items_def("ttl")).await.unwrap();
+    let rec = |v: &str| vec![Value::Text("x".into()), Value::Text(v.into())];
+    ta.put(&Item {
+        id: "x".into(),
+        v: "v1".into(),
+    })
+    .await
+    .unwrap();
+    a.cache.flush().await.unwrap();
+    assert_eq!(raw.get(&sk("x")).await.unwrap(), Some(rec("v1")));
+    // Another program writes behind the cache's back.
+    raw.put(&rec("v2")).await.unwrap();
+    assert_eq!(
+        tb.get(&sk("x")).await.unwrap().unwrap().v,
+        "v1",
+        "still cached"
+    );
+    tb.invalidate(&[sk("x")]).await.unwrap();
+    assert_eq!(
+        tb.get(&sk("x")).await.unwrap().unwrap().v,
+        "v2",
+        "invalidate reloads"
+    );
+    raw.put(&rec("v3")).await.unwrap();
+    assert_eq!(ta.get(&sk("x")).await.unwrap().unwrap().v, "v2");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        ta.get(&sk("x")).await.unwrap().unwrap().v,
+        "v3",
+        "ttl reloads"
+    );
+    assert!(a.cache.stats().expirations + b.cache.stats().expirations > 0);
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn write_through_reaches_the_table_before_returning() {
+    let c = Cluster::new().await;
+    let a = c.node().await;
+    let b = c.node().await;
+    let opts = TableOptions {
+        ttl: None,
+        mode: WriteMode::WriteThrough,
+    };
+    let ta = a
+        .cache
+        .table::<Item>(items_def("wt"), opts.clone())
+        .await
+        .unwrap();
+    let tb = b.cache.table::<Item>(items_def("wt"), opts).await.unwrap();
+    let raw = c.db.define_table(items_def("wt")).await.unwrap();
+    ta.put(&Item {
+        id: "p".into(),
+        v: "1".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        raw.get(&sk("p")).await.unwrap(),
+        Some(vec![Value::Text("p".into()), Value::Text("1".into())])
+    );
+    tb.put(&Item {
+        id: "p".into(),
+        v: "2".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        raw.get(&sk("p")).await.unwrap(),
+        Some(vec![Value::Text("p".into()), Value::Text("2".into())])
+    );
+    tb.delete(&sk("p")).await.unwrap();
+    assert_eq!(raw.get(&sk("p")).await.unwrap(), None);
+    assert_eq!(ta.get(&sk("p")).await.unwrap(), None);
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+}
+
+/// An owner dies mid-storm without flushing (session closed at once, tasks aborted, memory
+/// dropped); every increment that was acknowledged must be served by the next owner and end up
+/// in the table. Repeated with a fresh victim each round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_owner_loses_no_acknowledged_write() {
+    let c = Cluster::new().await;
+    let b = c.node().await;
+    let d = c.node().await;
+    let tb = counters(&b).await;
+    let td = counters(&d).await;
+    const KEYS: i64 = 12;
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..KEYS * 100).map(|_| AtomicU64::new(0)).collect());
+    let attempted: Arc<Vec<AtomicU64>> =
+        Arc::new((0..KEYS * 100).map(|_| AtomicU64::new(0)).collect());
+    let mut victim_writes = 0;
+    for round in 0..10i64 {
+        // The victim never flushes on its own: everything it acknowledged lives in its memory
+        // and the journal only.
+        let a = c
+            .node_with(
+                CacheConfig {
+                    flush_max_age_ms: 3_600_000,
+                    ..cfg()
+                },
+                Duration::from_secs(5),
+            )
+            .await;
+        let ta = counters(&a).await;
+        let ids: Vec<i64> = (0..KEYS).map(|i| round * 100 + i).collect();
+        for id in &ids {
+            ta.get(&k(*id)).await.unwrap(); // the victim owns them all
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut writers = Vec::new();
+        for (wi, t) in [ta.clone(), tb.clone(), td.clone(), tb.clone(), td.clone()]
+            .into_iter()
+            .enumerate()
+        {
+            let ids = ids.clone();
+            let stop = stop.clone();
+            let acked = acked.clone();
+            let attempted = attempted.clone();
+            writers.push(tokio::spawn(async move {
+                let mut i = wi;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = ids[i % ids.len()];
+                    i += 1;
+                    attempted[id as usize].fetch_add(1, Ordering::Relaxed);
+                    if t.update(&k(id), "incr", &(id, 1i64)).await.is_ok() {
+                        acked[id as usize].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        victim_writes += a.cache.stats().writes;
+        // Kill: the session ends at once (the ports are free for others) and nothing flushes.
+        a.coord.close().await.unwrap();
+        a.cache.abort();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.unwrap();
+        }
+        for id in &ids {
+            let got = tb.get(&k(*id)).await.unwrap().map_or(0, |c| c.n) as u64;
+            let ok = acked[*id as usize].load(Ordering::Relaxed);
+            let tried = attempted[*id as usize].load(Ordering::Relaxed);
+            assert!(
+                got >= ok,
+                "round {round} key {id}: {got} served, {ok} acknowledged"
+            );
+            assert!(
+                got <= tried,
+                "round {round} key {id}: {got} served, {tried} attempted"
+            );
+        }
+    }
+    let replays = b.cache.stats().replays + d.cache.stats().replays;
+    eprintln!(
+        "victims acknowledged {victim_writes} writes; successors replayed {replays} journal rows"
+    );
+    assert!(victim_writes > 0, "the victims acknowledged writes");
+    assert!(replays > 0, "new owners replayed journal entries");
+    b.cache.shutdown().await.unwrap();
+    d.cache.shutdown().await.unwrap();
+    let raw = c.db.define_table(counters_def()).await.unwrap();
+    for id in 0..KEYS * 100 {
+        let ok = acked[id as usize].load(Ordering::Relaxed);
+        if ok == 0 {
+            continue;
+        }
+        let got = match raw.get(&k(id)).await.unwrap() {
+            Some(r) => match r[1] {
+                Value::I64(n) => n as u64,
+                _ => panic!("bad row"),
+            },
+            None => 0,
+        };
+        assert!(got >= ok, "key {id}: {got} in the table, {ok} acknowledged");
+    }
+}
+
+/// A paused owner whose lease ran out: its successor replays its journal, writes, flushes; the
+/// old owner's later flush is refused by fencing and the table keeps the newer value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_owner_flush_is_refused() {
+    let c = Cluster::new().await;
+    let lease = Duration::from_millis(400);
+    let a = c.node_with(cfg(), lease).await;
+    let b = c.node_with(cfg(), Duration::from_secs(5)).await;
+    let ta = a
+        .cache
+        .table::<Item>(items_def("stale"), TableOptions::default())
+        .await
+        .unwrap();
+    let tb = b
+        .cache
+        .table::<Item>(items_def("stale"), TableOptions::default())
+        .await
+        .unwrap();
+    a.cache.pause_flusher(true);
+    ta.put(&Item {
+        id: "s".into(),
+        v: "old".into(),
+    })
+    .await
+    .unwrap();
+    c.hub.set_paused(a.coord.node_id(), true);
+    tokio::time::sleep(lease * 2).await;
+    // The successor serves the stale owner's acknowledged write from the journal.
+    assert_eq!(tb.get(&sk("s")).await.unwrap().unwrap().v, "old");
+    tb.put(&Item {
+        id: "s".into(),
+        v: "new".into(),
+    })
+    .await
+    .unwrap();
+    b.cache.flush().await.unwrap();
+    a.cache.flush().await.unwrap();
+    assert!(a.cache.stats().fenced >= 1, "{:?}", a.cache.stats());
+    let raw = c.db.define_table(items_def("stale")).await.unwrap();
+    assert_eq!(
+        raw.get(&sk("s")).await.unwrap(),
+        Some(vec![Value::Text("s".into()), Value::Text("new".into())])
+    );
+    c.hub.set_paused(a.coord.node_id(), false);
+    assert_eq!(ta.get(&sk("s")).await.unwrap().unwrap().v, "new");
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_with_another_secret_are_refused() {
+    let c = Cluster::new().await;
+    let a = c.node().await;
+    let b = c
+        .node_with(
+            CacheConfig {
+                secret: "wrong".into(),
+                request_timeout_ms: 500,
+                ..cfg()
+            },
+            Duration::from_secs(5),
+        )
+        .await;
+    let ta = a
+        .cache
+        .table::<Item>(items_def("sec"), TableOptions::default())
+        .await
+        .unwrap();
+    let tb = b
+        .cache
+        .table::<Item>(items_def("sec"), TableOptions::default())
+        .await
+        .unwrap();
+    ta.put(&Item {
+        id: "z".into(),
+        v: "1".into(),
+    })
+    .await
+    .unwrap();
+    assert!(tb.get(&sk("z")).await.is_err());
+    assert_eq!(b.cache.stats().hits, 0);
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_a_typed_error() {
+    let c = Cluster::new().await;
+    let a = c.node().await;
+    let t = a
+        .cache
+        .raw_table(items_def("bad"), TableOptions::default())
+        .await
+        .unwrap();
+    assert!(t.get(&[Value::I64(1)]).await.is_err());
+    assert!(t.put(vec![Value::Text("a".into())]).await.is_err());
+    assert!(t
+        .update(&sk("a"), "nope", serde_json::Value::Null)
+        .await
+        .is_err());
+    let _ = HashMap::<u8, u8>::new();
+    a.cache.shutdown().await.unwrap();
+}

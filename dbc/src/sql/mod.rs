@@ -1,0 +1,170 @@
+//! The SQL backends (SQLite, PostgreSQL, MySQL/MariaDB) over sqlx: pools, statement
+//! execution with the value codecs, the native face and the record face.
+
+pub(crate) mod codec;
+pub(crate) mod dialect;
+pub(crate) mod native;
+pub(crate) mod table;
+
+use crate::config::ConnectOptions;
+use crate::error::{from_sqlx, redact_url, DbcError, Result};
+use crate::value::{FieldType, Value};
+use crate::BackendKind;
+use futures::TryStreamExt;
+use sqlx::AssertSqlSafe;
+use std::str::FromStr;
+
+#[derive(Clone, Debug)]
+pub(crate) enum SqlPool {
+    Sqlite(sqlx::SqlitePool),
+    Postgres(sqlx::PgPool),
+    Mysql(sqlx::MySqlPool),
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool and `$codec` to its codec module.
+macro_rules! with_pool {
+    ($self:expr, $pool:ident, $codec:ident => $body:expr) => {
+        match $self {
+            SqlPool::Sqlite($pool) => {
+                use $crate::sql::codec::sqlite as $codec;
+                $body
+            }
+            SqlPool::Postgres($pool) => {
+                use $crate::sql::codec::postgres as $codec;
+                $body
+            }
+            SqlPool::Mysql($pool) => {
+                use $crate::sql::codec::mysql as $codec;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use with_pool;
+
+impl SqlPool {
+    pub(crate) fn kind(&self) -> BackendKind {
+        match self {
+            SqlPool::Sqlite(_) => BackendKind::Sqlite,
+            SqlPool::Postgres(_) => BackendKind::Postgres,
+            SqlPool::Mysql(_) => BackendKind::Mysql,
+        }
+    }
+
+    pub(crate) async fn connect(kind: BackendKind, url: &str, o: &ConnectOptions) -> Result<Self> {
+        let bad = |e: sqlx::Error| DbcError::InvalidUrl {
+            url: redact_url(url),
+            reason: scrub(&e.to_string(), url),
+        };
+        let conn = |e: sqlx::Error| DbcError::Connection {
+            url: redact_url(url),
+            message: scrub(&e.to_string(), url),
+        };
+        fn pool_opts<DB: sqlx::Database>(o: &ConnectOptions) -> sqlx::pool::PoolOptions<DB> {
+            sqlx::pool::PoolOptions::<DB>::new()
+                .max_connections(o.max_connections.max(1))
+                .min_connections(o.min_connections)
+                .acquire_timeout(o.connect_timeout)
+        }
+        let fut = async {
+            Ok::<_, DbcError>(match kind {
+                BackendKind::Sqlite => {
+                    let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                        .map_err(bad)?
+                        .busy_timeout(o.call_timeout)
+                        .foreign_keys(true);
+                    let memory = url.contains(":memory:") || url.contains("mode=memory");
+                    let opts = if memory {
+                        opts
+                    } else {
+                        opts.journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+                    };
+                    // An in-memory database lives and dies with its one connection.
+                    let po = if memory {
+                        pool_opts::<sqlx::Sqlite>(o)
+                            .max_connections(1)
+                            .idle_timeout(None)
+                            .max_lifetime(None)
+                    } else {
+                        pool_opts::<sqlx::Sqlite>(o)
+                    };
+                    SqlPool::Sqlite(po.connect_with(opts).await.map_err(conn)?)
+                }
+                BackendKind::Postgres => {
+                    let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(bad)?;
+                    SqlPool::Postgres(pool_opts(o).connect_with(opts).await.map_err(conn)?)
+                }
+                _ => {
+                    let opts = sqlx::mysql::MySqlConnectOptions::from_str(url)
+                        .map_err(bad)?
+                        .charset("utf8mb4");
+                    SqlPool::Mysql(pool_opts(o).connect_with(opts).await.map_err(conn)?)
+                }
+            })
+        };
+        match tokio::time::timeout(o.connect_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(DbcError::Timeout {
+                operation: format!("connecting to {}", redact_url(url)),
+                after_ms: o.connect_timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    /// Executes one statement; returns the rows affected (MySQL: rows matched).
+    pub(crate) async fn exec(&self, sql: &str, binds: &[(&Value, FieldType)]) -> Result<u64> {
+        let kind = self.kind();
+        with_pool!(self, pool, codec => {
+            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
+            for (v, t) in binds {
+                q = codec::bind(q, v, *t);
+            }
+            q.execute(pool).await.map(|r| r.rows_affected()).map_err(|e| from_sqlx(kind, e))
+        })
+    }
+
+    /// Fetches rows decoded by the given column types.
+    pub(crate) async fn fetch(
+        &self,
+        sql: &str,
+        binds: &[(&Value, FieldType)],
+        types: &[FieldType],
+    ) -> Result<Vec<Vec<Value>>> {
+        let kind = self.kind();
+        with_pool!(self, pool, codec => {
+            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
+            for (v, t) in binds {
+                q = codec::bind(q, v, *t);
+            }
+            let mut rows = q.fetch(pool);
+            let mut out = Vec::new();
+            while let Some(row) = rows.try_next().await.map_err(|e| from_sqlx(kind, e))? {
+                let mut rec = Vec::with_capacity(types.len());
+                for (i, t) in types.iter().enumerate() {
+                    rec.push(codec::decode(&row, i, *t)?);
+                }
+                out.push(rec);
+            }
+            Ok(out)
+        })
+    }
+
+    pub(crate) async fn close(&self) {
+        match self {
+            SqlPool::Sqlite(p) => p.close().await,
+            SqlPool::Postgres(p) => p.close().await,
+            SqlPool::Mysql(p) => p.close().await,
+        }
+    }
+}
+
+/// Removes the password of `url` from a driver message, in case the driver quoted it.
+pub(crate) fn scrub(message: &str, url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => match u.password() {
+            Some(p) if !p.is_empty() => message.replace(p, "***"),
+            _ => message.to_string(),
+        },
+        Err(_) => message.to_string(),
+    }
+}

@@ -1,0 +1,267 @@
+//! Tokenizers for text fields: `jieba` (Chinese words), `mixed` (Chinese words plus single
+//! characters, and Latin words) and `standard` (Latin words).
+//!
+//! Positions count *units*: one per CJK character and one per Latin word, so a Chinese word sits
+//! at the position of its first character. Phrases can then be matched on any chain of tokens
+//! that covers the text, whatever segmentation jieba chose for the document.
+
+use jieba_rs::Jieba;
+use std::sync::{Arc, OnceLock};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer, Token,
+    TokenStream, Tokenizer, TokenizerManager,
+};
+
+/// Tokenizer names registered on every index.
+pub const JIEBA: &str = "kw_jieba";
+pub const MIXED: &str = "kw_mixed";
+pub const STANDARD: &str = "kw_standard";
+
+/// Longest token kept, in bytes; longer ones are dropped (they are noise such as base64).
+const MAX_TOKEN_BYTES: usize = 64;
+
+/// The dictionary without user words, built once per process (it takes 50-250 ms).
+fn base_jieba() -> Arc<Jieba> {
+    static BASE: OnceLock<Arc<Jieba>> = OnceLock::new();
+    BASE.get_or_init(|| Arc::new(Jieba::new())).clone()
+}
+
+/// The `Jieba` of an index: the shared default one, or a copy extended with the index's user
+/// dictionary (`word [freq [tag]]` per line, as jieba's dictionary files).
+pub fn jieba_for(user_dict: &[String]) -> Arc<Jieba> {
+    if user_dict.is_empty() {
+        return base_jieba();
+    }
+    let mut j = (*base_jieba()).clone();
+    for line in user_dict {
+        let mut parts = line.split_whitespace();
+        let Some(word) = parts.next() else { continue };
+        let freq = parts.next().and_then(|f| f.parse::<usize>().ok());
+        let tag = parts.next();
+        j.add_word(word, freq, tag);
+    }
+    Arc::new(j)
+}
+
+pub(crate) fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF   // kana
+        | 0x3400..=0x4DBF // CJK extension A
+        | 0x4E00..=0x9FFF // CJK unified
+        | 0xAC00..=0xD7AF // hangul
+        | 0xF900..=0xFAFF // compatibility ideographs
+        | 0x20000..=0x3134F)
+}
+
+/// Segments text into Chinese words (and single characters with `unigrams`) and Latin words.
+/// Clones share one `Jieba`, so tantivy's per-thread clones are cheap.
+#[derive(Clone)]
+pub struct CjkTokenizer {
+    jieba: Arc<Jieba>,
+    unigrams: bool,
+    tokens: Vec<Token>,
+}
+
+impl CjkTokenizer {
+    pub fn new(jieba: Arc<Jieba>, unigrams: bool) -> Self {
+        CjkTokenizer {
+            jieba,
+            unigrams,
+            tokens: Vec::new(),
+        }
+    }
+
+    fn segment(&self, text: &str, out: &mut Vec<Token>) {
+        out.clear();
+        let mut unit = 0usize;
+        let mut chars = text.char_indices().peekable();
+        while let Some(&(start, c)) = chars.peek() {
+            if is_cjk(c) {
+                let mut end = start;
+                let mut n = 0usize;
+                while let Some(&(i, c)) = chars.peek() {
+                    if !is_cjk(c) {
+                        break;
+                    }
+                    end = i + c.len_utf8();
+                    n += 1;
+                    chars.next();
+                }
+                self.segment_cjk(&text[start..end], start, unit, out);
+                unit += n;
+            } else if c.is_alphanumeric() {
+                let mut end = start;
+                while let Some(&(i, c)) = chars.peek() {
+                    if !c.is_alphanumeric() || is_cjk(c) {
+                        break;
+                    }
+                    end = i + c.len_utf8();
+                    chars.next();
+                }
+                out.push(Token {
+                    offset_from: start,
+                    offset_to: end,
+                    position: unit,
+                    text: text[start..end].to_owned(),
+                    position_length: 1,
+                });
+                unit += 1;
+            } else {
+                chars.next();
+            }
+        }
+        // Postings want each term's positions in order; overlapping words come out of jieba
+        // grouped by word, not by position.
+        out.sort_by_key(|t| (t.position, t.offset_from, t.offset_to));
+    }
+
+    fn segment_cjk(&self, run: &str, base: usize, unit: usize, out: &mut Vec<Token>) {
+        for w in self.jieba.cut_for_search(run, true) {
+            let len = w.end - w.start;
+            if self.unigrams && len == 1 {
+                continue; // emitted below as a unigram
+            }
+            out.push(Token {
+                offset_from: base + w.byte_start,
+                offset_to: base + w.byte_end,
+                position: unit + w.start,
+                text: w.word.to_owned(),
+                position_length: len.max(1),
+            });
+        }
+        if self.unigrams {
+            for (k, (i, c)) in run.char_indices().enumerate() {
+                out.push(Token {
+                    offset_from: base + i,
+                    offset_to: base + i + c.len_utf8(),
+                    position: unit + k,
+                    text: c.to_string(),
+                    position_length: 1,
+                });
+            }
+        }
+    }
+}
+
+pub struct VecTokenStream<'a> {
+    tokens: &'a mut Vec<Token>,
+    next: usize,
+    /// Answered by `token()` before the first `advance()` or on an empty text.
+    none: Token,
+}
+
+impl TokenStream for VecTokenStream<'_> {
+    fn advance(&mut self) -> bool {
+        if self.next < self.tokens.len() {
+            self.next += 1;
+            true
+        } else {
+            false
+        }
+    }
+    fn token(&self) -> &Token {
+        match self.next.checked_sub(1) {
+            Some(i) => self.tokens.get(i).unwrap_or(&self.none),
+            None => &self.none,
+        }
+    }
+    fn token_mut(&mut self) -> &mut Token {
+        match self.next.checked_sub(1) {
+            Some(i) if i < self.tokens.len() => &mut self.tokens[i],
+            _ => &mut self.none,
+        }
+    }
+}
+
+impl Tokenizer for CjkTokenizer {
+    type TokenStream<'a> = VecTokenStream<'a>;
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream<'a> {
+        let mut tokens = std::mem::take(&mut self.tokens);
+        self.segment(text, &mut tokens);
+        self.tokens = tokens;
+        VecTokenStream {
+            tokens: &mut self.tokens,
+            next: 0,
+            none: Token::default(),
+        }
+    }
+}
+
+/// The analyzer of one tokenizer name; `None` for an unknown name.
+pub fn analyzer(name: &str, jieba: &Arc<Jieba>) -> Option<TextAnalyzer> {
+    Some(match name {
+        JIEBA => TextAnalyzer::builder(CjkTokenizer::new(jieba.clone(), false))
+            .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+            .filter(LowerCaser)
+            .build(),
+        MIXED => TextAnalyzer::builder(CjkTokenizer::new(jieba.clone(), true))
+            .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+            .filter(LowerCaser)
+            .filter(Stemmer::new(Language::English))
+            .build(),
+        STANDARD => TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(RemoveLongFilter::limit(MAX_TOKEN_BYTES))
+            .filter(LowerCaser)
+            .filter(Stemmer::new(Language::English))
+            .build(),
+        _ => return None,
+    })
+}
+
+/// Registers the three tokenizers of an index, all sharing the index's `Jieba`.
+pub fn register(manager: &TokenizerManager, jieba: &Arc<Jieba>) {
+    for name in [JIEBA, MIXED, STANDARD] {
+        if let Some(a) = analyzer(name, jieba) {
+            manager.register(name, a);
+        }
+    }
+}
+
+/// Runs an analyzer over text and collects its tokens.
+pub fn tokens(analyzer: &mut TextAnalyzer, text: &str) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut stream = analyzer.token_stream(text);
+    while stream.advance() {
+        out.push(stream.token().clone());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mixed_offsets_are_byte_offsets_and_positions_count_units() {
+        let j = base_jieba();
+        let mut a = analyzer(MIXED, &j).unwrap();
+        let text = "Rust 编写的数据库系统";
+        let toks = tokens(&mut a, text);
+        for t in &toks {
+            let slice = &text[t.offset_from..t.offset_to];
+            assert!(!slice.is_empty());
+        }
+        let db = toks.iter().find(|t| t.text == "数据库").expect("word");
+        assert_eq!(&text[db.offset_from..db.offset_to], "数据库");
+        assert_eq!(db.position, 4); // rust, 编, 写, 的, 数…
+        assert!(toks.iter().any(|t| t.text == "库" && t.position == 6));
+        assert!(toks.iter().any(|t| t.text == "rust" && t.position == 0));
+        let mut pos: Vec<usize> = toks.iter().map(|t| t.position).collect();
+        let sorted = {
+            pos.sort();
+            pos.clone()
+        };
+        assert_eq!(pos, sorted);
+    }
+
+    #[test]
+    fn user_dictionary_changes_segmentation() {
+        let plain = jieba_for(&[]);
+        let custom = jieba_for(&["钥守引擎 1000 n".to_string()]);
+        let mut a = analyzer(JIEBA, &plain).unwrap();
+        let mut b = analyzer(JIEBA, &custom).unwrap();
+        let text = "我们使用钥守引擎";
+        assert!(!tokens(&mut a, text).iter().any(|t| t.text == "钥守引擎"));
+        assert!(tokens(&mut b, text).iter().any(|t| t.text == "钥守引擎"));
+    }
+}

@@ -52,7 +52,9 @@ mod tests {
             super::INTERRUPTED,
         ] {
             assert!(
-                super::TABLE.lines().any(|l| l.trim_start().starts_with(&format!("{code} "))),
+                super::TABLE
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{code} "))),
                 "exit code {code} missing from the table"
             );
         }

@@ -23,12 +23,21 @@ enum Command {
     Serve,
     /// Show the node's view: ownership group, peers, ports, cache and search figures.
     Status,
+    /// Files on the configured encrypted volume: put, get, ls, stat, rm, mv, key.
+    Vfs {
+        #[command(subcommand)]
+        command: keyward::vfs::VfsCommand,
+    },
+    /// Schema migrations, copies between backends (the `keyward-migrate` command tree).
+    Migrate(keyward::migrate::MigrateArgs),
 }
 
 fn init_logging(cfg: &KeywardConfig) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -39,7 +48,11 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { exit::USAGE } else { exit::OK };
+            let code = if e.use_stderr() {
+                exit::USAGE
+            } else {
+                exit::OK
+            };
             let _ = e.print();
             return ExitCode::from(code);
         }
@@ -73,6 +86,68 @@ async fn run(command: Command, config: KeywardConfig) -> Result<u8, NodeError> {
     match command {
         Command::Serve => serve(config).await,
         Command::Status => status(config).await,
+        Command::Vfs { command } => vfs(command, config).await,
+        Command::Migrate(args) => migrate(args, config).await,
+    }
+}
+
+/// Exit codes of the part crates use the same table; anything out of range is a plain failure.
+fn code(c: i32) -> u8 {
+    u8::try_from(c).unwrap_or(exit::FAILURE)
+}
+
+async fn vfs(command: keyward::vfs::VfsCommand, config: KeywardConfig) -> Result<u8, NodeError> {
+    let vfs_cfg: keyward::vfs::VfsConfig = match toml::Value::Table(config.vfs.clone()).try_into() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keyward: bad [vfs] config: {e}");
+            return Ok(exit::CONFIG);
+        }
+    };
+    let node = Keyward::builder().config(config).build().await?;
+    let result = keyward::vfs::run(command, &vfs_cfg, node.coordinator().clone()).await;
+    node.shutdown().await?;
+    match result {
+        Ok(()) => Ok(exit::OK),
+        Err(e) => {
+            eprintln!("keyward vfs: {e}");
+            Ok(code(e.exit_code()))
+        }
+    }
+}
+
+async fn migrate(
+    args: keyward::migrate::MigrateArgs,
+    config: KeywardConfig,
+) -> Result<u8, NodeError> {
+    let json = args.json;
+    let node = Keyward::builder().config(config).build().await?;
+    let ctx = keyward::migrate::MigrateContext {
+        coordinator: Some(node.coordinator().clone()),
+        ..Default::default()
+    };
+    let cancel = ctx.cancel.clone();
+    let stop = tokio::spawn(async move {
+        shutdown::signal().await;
+        eprintln!("interrupt: stopping at the next safe point");
+        cancel.cancel();
+    });
+    let result = keyward::migrate::run(args, ctx).await;
+    stop.abort();
+    node.shutdown().await?;
+    match result {
+        Ok(outcome) => {
+            println!("{}", outcome.render(json));
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            if json {
+                println!("{}", keyward::migrate::error_json(&e));
+            } else {
+                eprintln!("keyward migrate: {e}");
+            }
+            Ok(code(e.exit_code()))
+        }
     }
 }
 

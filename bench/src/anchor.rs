@@ -72,14 +72,22 @@ pub struct Anchor {
 impl Anchor {
     /// Starts `binary` (from Debian `package`) with `args`, in which `{port}` and `{dir}` are
     /// replaced, and waits for its port.
-    pub fn start(name: &str, package: &str, binary: &str, args: &[&str]) -> Result<Anchor, BenchError> {
+    pub fn start(
+        name: &str,
+        package: &str,
+        binary: &str,
+        args: &[&str],
+    ) -> Result<Anchor, BenchError> {
         let exe = ensure_package(package, binary)?;
         let port = free_port()?;
         let dir = tempfile::tempdir()?;
         let dir_s = dir.path().display().to_string();
         let args: Vec<String> = args
             .iter()
-            .map(|a| a.replace("{port}", &port.to_string()).replace("{dir}", &dir_s))
+            .map(|a| {
+                a.replace("{port}", &port.to_string())
+                    .replace("{dir}", &dir_s)
+            })
             .collect();
         let log = std::fs::File::create(dir.path().join("anchor.log"))?;
         let child = Command::new(&exe)
@@ -92,13 +100,10 @@ impl Anchor {
                 name: name.to_owned(),
                 message: format!("spawn {}: {e}", exe.display()),
             })?;
-        let mut anchor = Anchor {
-            port,
-            dir,
-            child,
-        };
+        let mut anchor = Anchor { port, dir, child };
         if !wait_port(port, Duration::from_secs(30)) {
-            let log = std::fs::read_to_string(anchor.dir.path().join("anchor.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(anchor.dir.path().join("anchor.log")).unwrap_or_default();
             anchor.stop();
             return Err(BenchError::Anchor {
                 name: name.to_owned(),

@@ -10,7 +10,10 @@ use harness::{BenchError, Plan, ResultLine};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "keyward-bench", about = "Keyward against its anchors, interleaved, medians")]
+#[command(
+    name = "keyward-bench",
+    about = "Keyward against its anchors, interleaved, medians"
+)]
 struct Cli {
     /// Fewer rounds and shorter runs (never smaller sizes); prints mode=quick.
     #[arg(long, global = true)]

@@ -29,14 +29,22 @@ impl Contender for Coordinated {
         let keys: Vec<String> = (0..PAIRS).map(key).collect();
         let start = Instant::now();
         for k in &keys {
-            let claim = self.0.claim(&[k.as_str()]).await.map_err(|e| e.to_string())?;
+            let claim = self
+                .0
+                .claim(&[k.as_str()])
+                .await
+                .map_err(|e| e.to_string())?;
             for c in claim {
                 if let Some(g) = c.granted() {
                     g.release().await.map_err(|e| e.to_string())?;
                 }
             }
         }
-        Ok([("pairs_per_s".to_owned(), PAIRS as f64 / start.elapsed().as_secs_f64())].into())
+        Ok([(
+            "pairs_per_s".to_owned(),
+            PAIRS as f64 / start.elapsed().as_secs_f64(),
+        )]
+        .into())
     }
 }
 
@@ -55,7 +63,11 @@ impl Contender for Map {
             m.insert(k.clone(), i as i64);
             m.remove(k);
         }
-        Ok([("pairs_per_s".to_owned(), PAIRS as f64 / start.elapsed().as_secs_f64())].into())
+        Ok([(
+            "pairs_per_s".to_owned(),
+            PAIRS as f64 / start.elapsed().as_secs_f64(),
+        )]
+        .into())
     }
 }
 
@@ -64,11 +76,21 @@ fn redis_ping_ms() -> Result<f64, String> {
         "redis",
         "redis-server",
         "redis-server",
-        &["--port", "{port}", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        &[
+            "--port",
+            "{port}",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
     )
     .map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", anchor.port)).map_err(|e| e.to_string())?;
+    let mut s =
+        std::net::TcpStream::connect(("127.0.0.1", anchor.port)).map_err(|e| e.to_string())?;
     s.write_all(b"PING\r\n").map_err(|e| e.to_string())?;
     let mut buf = [0u8; 7];
     s.read_exact(&mut buf).map_err(|e| e.to_string())?;

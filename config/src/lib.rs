@@ -86,10 +86,12 @@ impl Layers {
                 path: path.to_owned(),
                 source,
             })?;
-            let table: Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-                path: path.to_owned(),
-                message: e.to_string(),
-            })?;
+            let table: Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
             layers.merge(table, &Source::File(path.to_owned()), "");
         }
         let mut vars: Vec<(String, String)> = env
@@ -129,7 +131,8 @@ impl Layers {
             });
         }
         let path = parts.join(".");
-        self.sources.insert(path.clone(), Source::Env(var.to_owned()));
+        self.sources
+            .insert(path.clone(), Source::Env(var.to_owned()));
         insert_path(&mut self.table, &path, parse_env_value(raw));
         Ok(())
     }
@@ -198,7 +201,9 @@ pub fn load<T: DeserializeOwned>(file: Option<&Path>) -> Result<T, ConfigError> 
 /// so that `KEYWARD_DBC__URL=sqlite:x.db` needs no quotes.
 fn parse_env_value(raw: &str) -> Value {
     match format!("v = {raw}").parse::<Table>() {
-        Ok(mut t) => t.remove("v").unwrap_or_else(|| Value::String(raw.to_owned())),
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| Value::String(raw.to_owned())),
         Err(_) => Value::String(raw.to_owned()),
     }
 }
@@ -286,7 +291,10 @@ mod tests {
             ]),
         )
         .unwrap();
-        assert_eq!(l.source_of("dbc.url"), Source::Env("KEYWARD_DBC__URL".into()));
+        assert_eq!(
+            l.source_of("dbc.url"),
+            Source::Env("KEYWARD_DBC__URL".into())
+        );
         let v: toml::Table = l.deserialize().unwrap();
         assert_eq!(v["dbc"]["url"].as_str(), Some("postgres://u@h/db"));
     }
@@ -299,7 +307,10 @@ mod tests {
             .deserialize::<Cfg>()
             .unwrap_err();
         match &err {
-            ConfigError::UnknownKey { key, origin: source } => {
+            ConfigError::UnknownKey {
+                key,
+                origin: source,
+            } => {
                 assert_eq!(key, "dbc.urll");
                 assert_eq!(source, &Source::File(f.path().to_owned()));
             }
@@ -315,7 +326,10 @@ mod tests {
             .deserialize::<Cfg>()
             .unwrap_err();
         match err {
-            ConfigError::UnknownKey { key, origin: source } => {
+            ConfigError::UnknownKey {
+                key,
+                origin: source,
+            } => {
                 assert_eq!(key, "dbc.nope");
                 assert_eq!(source, Source::Env("KEYWARD_DBC__NOPE".into()));
             }
@@ -335,7 +349,11 @@ mod tests {
             .deserialize::<Cfg>()
             .unwrap_err();
         match err {
-            ConfigError::BadValue { key, origin: source, .. } => {
+            ConfigError::BadValue {
+                key,
+                origin: source,
+                ..
+            } => {
                 assert_eq!(key, "dbc.max_connections");
                 assert_eq!(source, Source::Env("KEYWARD_DBC__MAX_CONNECTIONS".into()));
             }

@@ -18,7 +18,9 @@ fn cfg(node: &str, mode: Mode, lease_ms: u64) -> SessionConfig {
 }
 
 async fn node(hub: &InProcessHub, name: &str) -> Coordinator {
-    hub.connect(cfg(name, Mode::Persistent, 3_000)).await.unwrap()
+    hub.connect(cfg(name, Mode::Persistent, 3_000))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -26,7 +28,14 @@ async fn claim_grants_and_reports_owner_with_endpoints() {
     let hub = InProcessHub::new();
     let a = node(&hub, "a").await;
     let b = node(&hub, "b").await;
-    let g = a.claim(&["cache/db/t/1"]).await.unwrap().pop().unwrap().granted().unwrap();
+    let g = a
+        .claim(&["cache/db/t/1"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
     assert!(g.is_valid());
     assert!(g.token() > 0);
     match b.claim(&["cache/db/t/1"]).await.unwrap().pop().unwrap() {
@@ -42,7 +51,11 @@ async fn claim_grants_and_reports_owner_with_endpoints() {
     assert!(owners[1].is_none());
     let info = b.query_node(&NodeId::from("a")).await.unwrap().unwrap();
     assert_eq!(info.ports, 1);
-    assert!(b.query_node(&NodeId::from("nobody")).await.unwrap().is_none());
+    assert!(b
+        .query_node(&NodeId::from("nobody"))
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,18 +67,29 @@ async fn two_tasks_racing_for_one_key_get_one_grant() {
         let key = format!("cache/db/t/{i}");
         let (ka, kb) = (key.clone(), key.clone());
         let (a2, b2) = (a.clone(), b.clone());
-        let ta = tokio::spawn(async move { a2.claim(&[ka.as_str()]).await.unwrap().pop().unwrap() });
-        let tb = tokio::spawn(async move { b2.claim(&[kb.as_str()]).await.unwrap().pop().unwrap() });
+        let ta =
+            tokio::spawn(async move { a2.claim(&[ka.as_str()]).await.unwrap().pop().unwrap() });
+        let tb =
+            tokio::spawn(async move { b2.claim(&[kb.as_str()]).await.unwrap().pop().unwrap() });
         let (ra, rb) = (ta.await.unwrap(), tb.await.unwrap());
-        let granted = [&ra, &rb].iter().filter(|c| matches!(c, Claim::Granted(_))).count();
-        assert_eq!(granted, 1, "round {i}: exactly one of two racing claims must win");
+        let granted = [&ra, &rb]
+            .iter()
+            .filter(|c| matches!(c, Claim::Granted(_)))
+            .count();
+        assert_eq!(
+            granted, 1,
+            "round {i}: exactly one of two racing claims must win"
+        );
     }
     // Within one node too: one guard per key per node.
     let (a1, a2) = (a.clone(), a.clone());
     let t1 = tokio::spawn(async move { a1.claim(&["x/1"]).await.unwrap().pop().unwrap() });
     let t2 = tokio::spawn(async move { a2.claim(&["x/1"]).await.unwrap().pop().unwrap() });
     let (r1, r2) = (t1.await.unwrap(), t2.await.unwrap());
-    let granted = [&r1, &r2].iter().filter(|c| matches!(c, Claim::Granted(_))).count();
+    let granted = [&r1, &r2]
+        .iter()
+        .filter(|c| matches!(c, Claim::Granted(_)))
+        .count();
     assert_eq!(granted, 1);
 }
 
@@ -77,7 +101,14 @@ async fn tokens_grow_across_owners_and_release_frees_the_key() {
     let mut last = 0;
     for round in 0..20 {
         let who = if round % 2 == 0 { &a } else { &b };
-        let g = who.claim(&["vfs/v/f"]).await.unwrap().pop().unwrap().granted().unwrap();
+        let g = who
+            .claim(&["vfs/v/f"])
+            .await
+            .unwrap()
+            .pop()
+            .unwrap()
+            .granted()
+            .unwrap();
         assert!(g.token() > last, "token must grow");
         last = g.token();
         if round % 3 == 0 {
@@ -121,12 +152,24 @@ async fn a_guard_is_lost_when_its_lease_is_not_renewed() {
     let hub = InProcessHub::new();
     let a = hub.connect(cfg("a", Mode::Lease, 300)).await.unwrap();
     let b = node(&hub, "b").await;
-    let g = a.claim(&["cache/db/t/9"]).await.unwrap().pop().unwrap().granted().unwrap();
+    let g = a
+        .claim(&["cache/db/t/9"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
     assert!(g.is_valid());
     // No relet: the client stops believing at lease − margin, the hub frees at lease end.
-    tokio::time::timeout(Duration::from_secs(2), g.lost()).await.expect("lost() must resolve");
+    tokio::time::timeout(Duration::from_secs(2), g.lost())
+        .await
+        .expect("lost() must resolve");
     assert!(!g.is_valid());
-    let got = b.claim_wait("cache/db/t/9", Duration::from_secs(2)).await.unwrap();
+    let got = b
+        .claim_wait("cache/db/t/9", Duration::from_secs(2))
+        .await
+        .unwrap();
     assert!(got.token() > g.token());
 }
 
@@ -135,20 +178,44 @@ async fn relet_keeps_a_lease_mode_session_alive() {
     let hub = InProcessHub::new();
     let a = hub.connect(cfg("a", Mode::Lease, 300)).await.unwrap();
     let b = node(&hub, "b").await;
-    let g = a.claim(&["k/relet"]).await.unwrap().pop().unwrap().granted().unwrap();
+    let g = a
+        .claim(&["k/relet"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         a.relet().await.unwrap();
     }
-    assert!(g.is_valid(), "renewed every 100 ms, a 300 ms lease must hold for 1 s");
-    assert!(b.claim(&["k/relet"]).await.unwrap().pop().unwrap().granted().is_none());
+    assert!(
+        g.is_valid(),
+        "renewed every 100 ms, a 300 ms lease must hold for 1 s"
+    );
+    assert!(b
+        .claim(&["k/relet"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .is_none());
 }
 
 #[tokio::test]
 async fn persistent_heartbeats_keep_ports_past_many_leases() {
     let hub = InProcessHub::new();
     let a = hub.connect(cfg("a", Mode::Persistent, 150)).await.unwrap();
-    let g = a.claim(&["k/hb"]).await.unwrap().pop().unwrap().granted().unwrap();
+    let g = a
+        .claim(&["k/hb"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(g.is_valid());
 }
@@ -158,13 +225,26 @@ async fn a_paused_node_loses_its_guards_before_another_node_gets_them() {
     let hub = InProcessHub::new();
     let a = hub.connect(cfg("a", Mode::Persistent, 300)).await.unwrap();
     let b = node(&hub, "b").await;
-    let g = a.claim(&["k/pause"]).await.unwrap().pop().unwrap().granted().unwrap();
+    let g = a
+        .claim(&["k/pause"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
     hub.set_paused(a.node_id(), true);
     let started = tokio::time::Instant::now();
-    let got = b.claim_wait("k/pause", Duration::from_secs(3)).await.unwrap();
+    let got = b
+        .claim_wait("k/pause", Duration::from_secs(3))
+        .await
+        .unwrap();
     // By the time b holds it, a must no longer believe it owns it.
     assert!(!g.is_valid(), "two nodes believe they own k/pause");
-    assert!(started.elapsed() >= Duration::from_millis(200), "freed before the lease ended");
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "freed before the lease ended"
+    );
     assert!(got.token() > g.token());
 }
 
@@ -173,9 +253,23 @@ async fn notify_on_release_and_wait_for_release() {
     let hub = InProcessHub::new();
     let a = node(&hub, "a").await;
     let b = node(&hub, "b").await;
-    let g = a.claim(&["k/w"]).await.unwrap().pop().unwrap().granted().unwrap();
+    let g = a
+        .claim(&["k/w"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
     let mut events = b.messages("k/");
-    assert!(b.claim_with(&["k/w"], true).await.unwrap().pop().unwrap().granted().is_none());
+    assert!(b
+        .claim_with(&["k/w"], true)
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .is_none());
     let waiter = {
         let b = b.clone();
         tokio::spawn(async move { b.wait_for_release("k/w", Duration::from_secs(2)).await })
@@ -183,11 +277,24 @@ async fn notify_on_release_and_wait_for_release() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     g.release().await.unwrap();
     waiter.await.unwrap().unwrap();
-    let ev = tokio::time::timeout(Duration::from_secs(1), events.recv()).await.unwrap().unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(1), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(ev, Event::Released { key: "k/w".into() });
     // A wait on a held key times out with a typed error.
-    let _g2 = a.claim(&["k/held"]).await.unwrap().pop().unwrap().granted().unwrap();
-    match b.wait_for_release("k/held", Duration::from_millis(100)).await {
+    let _g2 = a
+        .claim(&["k/held"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
+    match b
+        .wait_for_release("k/held", Duration::from_millis(100))
+        .await
+    {
         Err(OwnershipError::Timeout { .. }) => {}
         other => panic!("expected a timeout, got {other:?}"),
     }
@@ -206,7 +313,9 @@ async fn messages_reach_the_owner_in_order_and_by_prefix() {
     let mut search_events = a.messages("search/");
     let _g = a.claim(&["cache/db/t/1"]).await.unwrap();
     for i in 0..100u32 {
-        b.send("cache/db/t/1", i.to_be_bytes().to_vec()).await.unwrap();
+        b.send("cache/db/t/1", i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
     }
     for i in 0..100u32 {
         match cache_events.recv().await.unwrap() {
@@ -218,7 +327,10 @@ async fn messages_reach_the_owner_in_order_and_by_prefix() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert!(search_events.try_recv().is_err(), "a search/ subscriber got a cache/ message");
+    assert!(
+        search_events.try_recv().is_err(),
+        "a search/ subscriber got a cache/ message"
+    );
     match b.send("cache/db/t/none", vec![1]).await {
         Err(OwnershipError::NoOwner { .. }) => {}
         other => panic!("expected NoOwner, got {other:?}"),
@@ -236,7 +348,14 @@ async fn port_limit_is_a_clear_error() {
         other => panic!("expected PortLimit, got {other:?}"),
     }
     drop(held);
-    assert!(a.claim(&["p/4"]).await.unwrap().pop().unwrap().granted().is_some());
+    assert!(a
+        .claim(&["p/4"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .is_some());
 }
 
 #[tokio::test]
@@ -244,9 +363,28 @@ async fn close_frees_ports_at_once_and_loses_guards() {
     let hub = InProcessHub::new();
     let a = node(&hub, "a").await;
     let b = node(&hub, "b").await;
-    let g = a.claim(&["k/close"]).await.unwrap().pop().unwrap().granted().unwrap();
+    let g = a
+        .claim(&["k/close"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
     a.close().await.unwrap();
-    tokio::time::timeout(Duration::from_millis(500), g.lost()).await.unwrap();
-    assert!(b.claim(&["k/close"]).await.unwrap().pop().unwrap().granted().is_some());
-    assert!(matches!(a.claim(&["k/x"]).await, Err(OwnershipError::SessionClosed { .. })));
+    tokio::time::timeout(Duration::from_millis(500), g.lost())
+        .await
+        .unwrap();
+    assert!(b
+        .claim(&["k/close"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .is_some());
+    assert!(matches!(
+        a.claim(&["k/x"]).await,
+        Err(OwnershipError::SessionClosed { .. })
+    ));
 }

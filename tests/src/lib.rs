@@ -11,7 +11,15 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "-p", "keyward", "-p", "keyward-migrate"])
+            .args([
+                "build",
+                "--quiet",
+                "--bins",
+                "-p",
+                "keyward",
+                "-p",
+                "keyward-migrate",
+            ])
             .status();
         assert!(
             status.is_ok_and(|s| s.success()),

@@ -89,7 +89,10 @@ fn serve_starts_on_embedded_defaults_and_stops_on_sigterm() {
     assert!(data.is_dir(), "keyward serve did not create ./keyward-data");
     std::thread::sleep(Duration::from_millis(300));
     let pid = child.id().to_string();
-    let status = std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);

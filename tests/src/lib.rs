@@ -11,15 +11,9 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--bins",
-                "-p",
-                "keyward",
-                "-p",
-                "keyward-migrate",
-            ])
+            // The same selection as scripts/test's prebuild, so that features unify the same
+            // way and this build is a no-op there instead of recompiling the drivers.
+            .args(["build", "--quiet", "--workspace", "--bins"])
             .status();
         assert!(
             status.is_ok_and(|s| s.success()),

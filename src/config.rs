@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub use keyward_config::{ConfigError, Layers, Source};
+pub use keyward_config::{is_reserved, ConfigError, Layers, Source};
 
 /// Everything a node reads. Every section and key is optional; the defaults run a whole node
 /// on embedded parts under `./keyward-data`.

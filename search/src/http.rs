@@ -322,12 +322,7 @@ async fn add_documents(
     q: std::result::Result<Query<WriteParams>, QueryRejection>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> HttpResult<Json<Value>> {
-    let name = path(p)?;
-    let params = query(q)?;
-    let docs = doc_array(body)?;
-    Ok(Json(json!(
-        s.add_documents(&name, docs, false, params.wait).await?
-    )))
+    write_documents(s, p, q, body, false).await
 }
 
 async fn update_documents(
@@ -336,11 +331,22 @@ async fn update_documents(
     q: std::result::Result<Query<WriteParams>, QueryRejection>,
     body: std::result::Result<Bytes, BytesRejection>,
 ) -> HttpResult<Json<Value>> {
+    write_documents(s, p, q, body, true).await
+}
+
+/// Add (replace whole documents) or update (merge fields): the two routes differ only there.
+async fn write_documents(
+    s: SearchService,
+    p: std::result::Result<Path<String>, PathRejection>,
+    q: std::result::Result<Query<WriteParams>, QueryRejection>,
+    body: std::result::Result<Bytes, BytesRejection>,
+    update: bool,
+) -> HttpResult<Json<Value>> {
     let name = path(p)?;
     let params = query(q)?;
     let docs = doc_array(body)?;
     Ok(Json(json!(
-        s.add_documents(&name, docs, true, params.wait).await?
+        s.add_documents(&name, docs, update, params.wait).await?
     )))
 }
 

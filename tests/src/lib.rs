@@ -34,15 +34,9 @@ pub fn binary(name: &str) -> PathBuf {
 pub fn keyward() -> Command {
     let mut cmd = Command::new(binary("keyward"));
     for (k, _) in std::env::vars() {
-        if k.starts_with("KEYWARD_") && !keyward_config_reserved(&k) {
+        if k.starts_with("KEYWARD_") && !keyward::config::is_reserved(&k) {
             cmd.env_remove(k);
         }
     }
     cmd
-}
-
-fn keyward_config_reserved(var: &str) -> bool {
-    var.starts_with("KEYWARD_TEST_")
-        || var == "KEYWARD_REQUIRE_SERVERS"
-        || var.starts_with("KEYWARD_BENCH_")
 }

@@ -70,7 +70,7 @@ fn reserved_variables_are_not_config() {
 #[test]
 fn serve_starts_on_embedded_defaults_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = keyward()
+    let child = keyward()
         .current_dir(dir.path())
         .env("KEYWARD_LOG__LEVEL", "info")
         .arg("serve")

@@ -108,6 +108,15 @@ struct Pointer {
     modified: i64,
 }
 
+impl Pointer {
+    fn meta(&self) -> BlobMeta {
+        BlobMeta {
+            created: micros_to_time(self.created),
+            modified: micros_to_time(self.modified),
+        }
+    }
+}
+
 /// Files of one volume in a database.
 #[derive(Clone)]
 pub struct DbcBackend {
@@ -223,6 +232,21 @@ impl DbcBackend {
         ]
     }
 
+    /// Reads segment `index` of the file `p` points at, from the generation its map names.
+    async fn read_segment_of(
+        &self,
+        name: &str,
+        p: &Pointer,
+        index: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let gen = *p
+            .map
+            .get(index as usize)
+            .ok_or_else(|| VfsError::InvalidArgument(format!("segment {index} out of range")))?;
+        self.read_chunk(name, &p.object, index, gen, out).await
+    }
+
     async fn read_chunk(
         &self,
         name: &str,
@@ -288,18 +312,11 @@ impl BlobRead for DbcRead {
         self.p.map.len() as u64
     }
     fn meta(&self) -> BlobMeta {
-        BlobMeta {
-            created: micros_to_time(self.p.created),
-            modified: micros_to_time(self.p.modified),
-        }
+        self.p.meta()
     }
     async fn read_segment(&self, index: u64, out: &mut Vec<u8>) -> Result<()> {
-        let gen =
-            *self.p.map.get(index as usize).ok_or_else(|| {
-                VfsError::InvalidArgument(format!("segment {index} out of range"))
-            })?;
         self.backend
-            .read_chunk(&self.name, &self.p.object, index, gen, out)
+            .read_segment_of(&self.name, &self.p, index, out)
             .await
     }
 }
@@ -344,18 +361,11 @@ impl BlobRead for DbcTxn {
         self.p.map.len() as u64
     }
     fn meta(&self) -> BlobMeta {
-        BlobMeta {
-            created: micros_to_time(self.p.created),
-            modified: micros_to_time(self.p.modified),
-        }
+        self.p.meta()
     }
     async fn read_segment(&self, index: u64, out: &mut Vec<u8>) -> Result<()> {
-        let gen =
-            *self.p.map.get(index as usize).ok_or_else(|| {
-                VfsError::InvalidArgument(format!("segment {index} out of range"))
-            })?;
         self.backend
-            .read_chunk(&self.name, &self.p.object, index, gen, out)
+            .read_segment_of(&self.name, &self.p, index, out)
             .await
     }
 }

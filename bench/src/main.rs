@@ -2,8 +2,14 @@
 //! interleaved, at least 3 rounds, and ends with a `RESULT mode=… name=value …` line.
 
 mod anchor;
+mod cache;
+mod dbc;
 mod harness;
+mod migrate;
+mod ownership;
+mod search;
 mod selftest;
+mod vfs;
 
 use clap::{Parser, Subcommand};
 use harness::{BenchError, Plan, ResultLine};
@@ -43,11 +49,12 @@ enum Part {
 async fn run(part: Part, plan: Plan) -> Result<ResultLine, BenchError> {
     match part {
         Part::Selftest => selftest::run(plan).await,
-        Part::Dbc | Part::Ownership | Part::Vfs | Part::Cache | Part::Search | Part::Migrate => {
-            Err(BenchError::Setup(
-                "this part's benchmark is not written yet (see its open issue)".into(),
-            ))
-        }
+        Part::Dbc => dbc::run(plan).await,
+        Part::Ownership => ownership::run(plan).await,
+        Part::Vfs => vfs::run(plan).await,
+        Part::Cache => cache::run(plan).await,
+        Part::Search => search::run(plan).await,
+        Part::Migrate => migrate::run(plan).await,
     }
 }
 

@@ -6,7 +6,7 @@
 use crate::anchor::Anchor;
 use crate::harness::{get, interleave, Contender, Measures, Plan, ResultLine};
 use async_trait::async_trait;
-use keyward::ownership::{InProcessHub, SessionConfig};
+use keyward_ownership::{InProcessHub, SessionConfig};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::Mutex;
@@ -18,7 +18,7 @@ fn key(i: usize) -> String {
     format!("cache/selftest/t/{i:08}")
 }
 
-struct Coordinated(keyward::ownership::Coordinator);
+struct Coordinated(keyward_ownership::Coordinator);
 
 #[async_trait]
 impl Contender for Coordinated {

@@ -15,6 +15,7 @@ pub mod file;
 pub mod format;
 pub mod keys;
 pub mod path;
+pub mod rekey;
 pub mod stream;
 mod volume;
 

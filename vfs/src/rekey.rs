@@ -1,0 +1,1 @@
+//! Re-keying a volume for `keyward migrate vfs rekey`: not written yet.

@@ -7,6 +7,7 @@ mod dbc;
 mod harness;
 mod migrate;
 mod ownership;
+mod pg;
 mod search;
 mod selftest;
 mod vfs;

@@ -13,11 +13,11 @@ pub use keyward_config::{is_reserved, ConfigError, Layers, Source};
 pub struct KeywardConfig {
     pub node: NodeConfig,
     pub log: LogConfig,
-    pub ownership: toml::Table,
-    pub dbc: toml::Table,
-    pub vfs: toml::Table,
-    pub cache: toml::Table,
-    pub search: toml::Table,
+    pub ownership: keyward_ownership::OwnershipConfig,
+    pub dbc: keyward_dbc::DbcConfig,
+    pub vfs: keyward_vfs::VfsConfig,
+    pub cache: keyward_cache::CacheConfig,
+    pub search: keyward_search::SearchConfig,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -67,6 +67,26 @@ pub enum LogFormat {
 impl KeywardConfig {
     /// Reads the file (if given) and the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        keyward_config::load(file)
+        let mut c: KeywardConfig = keyward_config::load(file)?;
+        c.rebase_paths();
+        Ok(c)
+    }
+
+    /// Parts whose paths were left at their defaults keep their files under `node.data_dir`,
+    /// so that one setting moves a whole node (each part's own default is `./keyward-data/…`).
+    pub fn rebase_paths(&mut self) {
+        let dir = self.node.data_dir.clone();
+        if dir == NodeConfig::default().data_dir {
+            return;
+        }
+        if self.dbc.url == keyward_dbc::DbcConfig::default().url {
+            self.dbc.url = format!("sqlite:{}?mode=rwc", dir.join("keyward.db").display());
+        }
+        if self.vfs.root == keyward_vfs::VfsConfig::default().root {
+            self.vfs.root = dir.join("vfs");
+        }
+        if self.search.data_dir == keyward_search::SearchConfig::default().data_dir {
+            self.search.data_dir = dir.join("search");
+        }
     }
 }

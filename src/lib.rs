@@ -4,14 +4,19 @@
 //! binary.
 
 pub mod config;
+pub mod console;
 pub mod exit;
+mod http;
+mod metrics;
 mod node;
 pub mod shutdown;
+pub mod status;
 
+pub use http::NodeView;
 pub use keyward_cache as cache;
 pub use keyward_dbc as dbc;
 pub use keyward_migrate as migrate;
 pub use keyward_ownership as ownership;
 pub use keyward_search as search;
 pub use keyward_vfs as vfs;
-pub use node::{Keyward, KeywardBuilder, NodeError};
+pub use node::{Keyward, KeywardBuilder, NodeError, OwnershipRole, Parts};

@@ -3,7 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use keyward::config::{KeywardConfig, LogFormat};
-use keyward::{exit, shutdown, Keyward, NodeError};
+use keyward::{exit, shutdown, Keyward, NodeError, Parts};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -22,7 +22,11 @@ enum Command {
     /// Run a node: ownership server, cache peer, search API, VFS volume (embedded defaults).
     Serve,
     /// Show the node's view: ownership group, peers, ports, cache and search figures.
-    Status,
+    Status {
+        /// Print the view as JSON (the node's `/cluster.json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Files on the configured encrypted volume: put, get, ls, stat, rm, mv, key.
     Vfs {
         #[command(subcommand)]
@@ -85,7 +89,7 @@ fn main() -> ExitCode {
 async fn run(command: Command, config: KeywardConfig) -> Result<u8, NodeError> {
     match command {
         Command::Serve => serve(config).await,
-        Command::Status => status(config).await,
+        Command::Status { json } => status(config, json).await,
         Command::Vfs { command } => vfs(command, config).await,
         Command::Migrate(args) => migrate(args, config).await,
     }
@@ -97,14 +101,12 @@ fn code(c: i32) -> u8 {
 }
 
 async fn vfs(command: keyward::vfs::VfsCommand, config: KeywardConfig) -> Result<u8, NodeError> {
-    let vfs_cfg: keyward::vfs::VfsConfig = match toml::Value::Table(config.vfs.clone()).try_into() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("keyward: bad [vfs] config: {e}");
-            return Ok(exit::CONFIG);
-        }
-    };
-    let node = Keyward::builder().config(config).build().await?;
+    let vfs_cfg = config.vfs.clone();
+    let node = Keyward::builder()
+        .config(config)
+        .parts(Parts::session_only())
+        .build()
+        .await?;
     let result = keyward::vfs::run(command, &vfs_cfg, node.coordinator().clone()).await;
     node.shutdown().await?;
     match result {
@@ -121,7 +123,11 @@ async fn migrate(
     config: KeywardConfig,
 ) -> Result<u8, NodeError> {
     let json = args.json;
-    let node = Keyward::builder().config(config).build().await?;
+    let node = Keyward::builder()
+        .config(config)
+        .parts(Parts::session_only())
+        .build()
+        .await?;
     let ctx = keyward::migrate::MigrateContext {
         coordinator: Some(node.coordinator().clone()),
         ..Default::default()
@@ -153,16 +159,34 @@ async fn migrate(
 
 async fn serve(config: KeywardConfig) -> Result<u8, NodeError> {
     let node = Keyward::builder().config(config).build().await?;
-    tracing::info!(node = %node.coordinator().node_id(), "keyward node running; Ctrl-C or SIGTERM stops it");
+    tracing::info!(
+        node = %node.coordinator().node_id(),
+        ownership = node.ownership_role().name(),
+        http = ?node.http_addr(),
+        "keyward node running; Ctrl-C or SIGTERM stops it"
+    );
     shutdown::signal().await;
-    tracing::info!("stopping: finishing in-flight work");
+    tracing::info!("stopping: flushing the cache and releasing ports");
     node.shutdown().await?;
     tracing::info!("stopped");
     Ok(exit::OK)
 }
 
-async fn status(config: KeywardConfig) -> Result<u8, NodeError> {
-    println!("data dir: {}", config.node.data_dir.display());
-    println!("ownership: in-process (no servers configured)");
-    Ok(exit::OK)
+/// Asks the running node at `search.listen` for its view; without one, asks the configured
+/// ownership servers directly.
+async fn status(config: KeywardConfig, json: bool) -> Result<u8, NodeError> {
+    match keyward::status::fetch(&config).await {
+        Ok(view) => {
+            if json {
+                println!("{view:#}");
+            } else {
+                print!("{}", keyward::status::render(&view));
+            }
+            Ok(exit::OK)
+        }
+        Err(e) => {
+            eprintln!("keyward status: {e}");
+            Ok(exit::UNAVAILABLE)
+        }
+    }
 }

@@ -1,47 +1,75 @@
 #!/bin/sh
 # Builds the search corpus deterministically from Debian documentation packages.
 #
-#   search/corpus/build.sh OUT_DIR [core|full]
+#   search/corpus/build.sh OUT_DIR [full|core]
 #
-# Downloads the pinned package versions with `apt-get download` (no installation, no root
-# needed beyond apt's cache), unpacks them with dpkg-deb, extracts paragraphs of 100-2000
-# characters from man pages and HTML/text documentation, and writes OUT_DIR/corpus.jsonl: one
-# document per line, {"id", "title", "body", "tags": [package, section...], "lang": "zh"|"en",
-# "pkg"}, sorted by id. The same package versions give byte-identical output.
-#
-# `core` (default) uses manpages-zh, debian-reference-zh-cn and debian-reference-en (about
-# 40,000 paragraphs); `full` adds the rest of the list of the search issue (over 100,000).
+# Fetches the package versions pinned in versions.txt with `apt-get download` into OUT_DIR/debs
+# (only when a matching .deb is not already there; nothing is installed on the system), unpacks
+# them with dpkg-deb into OUT_DIR/root, and runs extract.py, which writes
+#   OUT_DIR/documents.jsonl  one document per line, sorted by id:
+#                            {"id", "title", "body", "tags": [package, section, locale],
+#                             "lang": "zh"|"en", "pkg", "src"}
+#   OUT_DIR/documents.tsv    the same documents for Sphinx's tsvpipe (columns in README.md)
+#   OUT_DIR/stats.json       counts: total, zh, en, per package
+# and OUT_DIR/versions.txt, the versions actually used. The same versions give byte-identical
+# output. `full` (default) is every package of versions.txt (about 105,000 documents); `core`
+# only manpages-zh, debian-reference-zh-cn and debian-reference-en (quick runs and tests).
 set -eu
-OUT=${1:?usage: build.sh OUT_DIR [core|full]}
-SET=${2:-core}
+OUT=${1:?usage: build.sh OUT_DIR [full|core]}
+SET=${2:-full}
 HERE=$(cd "$(dirname "$0")" && pwd)
-mkdir -p "$OUT/debs" "$OUT/root"
+VERSIONS="$HERE/versions.txt"
+mkdir -p "$OUT/debs"
 OUT=$(cd "$OUT" && pwd)
+export LC_ALL=C.UTF-8 PYTHONHASHSEED=0
 
-CORE="manpages-zh debian-reference-zh-cn debian-reference-en"
-FULL="$CORE manpages manpages-dev debian-handbook debian-faq debian-faq-zh-cn maint-guide
-maint-guide-zh-cn installation-guide-amd64 kicad-doc-zh libreoffice-help-zh-cn
-libreoffice-help-en-us gimp-help-zh-cn"
+ALL=$(awk '!/^#/ && NF == 2 {print $1}' "$VERSIONS")
 case "$SET" in
-  core) PKGS=$CORE ;;
-  full) PKGS=$FULL ;;
-  *) echo "unknown set $SET" >&2; exit 2 ;;
+  full) PKGS=$ALL ;;
+  core) PKGS="manpages-zh debian-reference-zh-cn debian-reference-en" ;;
+  *) echo "build.sh: unknown set '$SET' (full or core)" >&2; exit 2 ;;
 esac
 
-# Pinned versions (Debian 12 "bookworm"), recorded so the corpus can be rebuilt exactly.
-VERSIONS="$HERE/versions.txt"
-cd "$OUT/debs"
+command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || {
+  echo "build.sh: needs apt-get and dpkg-deb (Debian or Ubuntu)" >&2; exit 1; }
+
+# The .deb of package $1 in OUT/debs, if any, and its version.
+deb_of() { for f in "$OUT/debs/$1"_*.deb; do [ -e "$f" ] && echo "$f" && return; done; }
+
+updated=
+: > "$OUT/versions.txt.new"
 for p in $PKGS; do
-  v=$(awk -v p="$p" '$1 == p {print $2}' "$VERSIONS" 2>/dev/null || true)
-  if [ -n "$v" ]; then spec="$p=$v"; else spec="$p"; fi
-  if ! ls "${p}"_*.deb >/dev/null 2>&1; then
-    apt-get download "$spec"
+  want=$(awk -v p="$p" '$1 == p {print $2}' "$VERSIONS")
+  f=$(deb_of "$p")
+  if [ -n "$f" ] && [ "$(dpkg-deb -f "$f" Version)" != "$want" ]; then
+    rm -f "$f"; f=
   fi
+  if [ -z "$f" ]; then
+    if [ -z "$updated" ] && ! apt-cache show "$p" >/dev/null 2>&1; then
+      apt-get update -qq || true
+      updated=1
+    fi
+    if ! apt-cache show "$p" >/dev/null 2>&1; then
+      echo "build.sh: package $p does not exist here: skipped" >&2
+      continue
+    fi
+    (cd "$OUT/debs" && apt-get download -q "$p=$want" 2>/dev/null) || {
+      echo "build.sh: $p $want not available: using the candidate version" >&2
+      (cd "$OUT/debs" && apt-get download -q "$p")
+    }
+    f=$(deb_of "$p")
+  fi
+  echo "$p $(dpkg-deb -f "$f" Version)" >> "$OUT/versions.txt.new"
 done
-for d in *.deb; do
-  p=${d%%_*}
+mv "$OUT/versions.txt.new" "$OUT/versions.txt"
+
+rm -rf "$OUT/root"
+mkdir -p "$OUT/root"
+while read -r p v; do
   mkdir -p "$OUT/root/$p"
-  dpkg-deb -x "$d" "$OUT/root/$p"
-done
-python3 "$HERE/extract.py" "$OUT/root" > "$OUT/corpus.jsonl"
-wc -l "$OUT/corpus.jsonl"
+  # Only the kinds of file extract.py reads: the packages are mostly images.
+  dpkg-deb --fsys-tarfile "$(deb_of "$p")" |
+    tar -x -C "$OUT/root/$p" --wildcards '*.html' '*.htm' '*.page' '*/man/*.gz' 2>/dev/null || true
+done < "$OUT/versions.txt"
+
+python3 "$HERE/extract.py" "$OUT/root" "$OUT"

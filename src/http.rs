@@ -146,6 +146,7 @@ impl HttpServer {
         listener: tokio::net::TcpListener,
         search: Option<SearchService>,
         view: NodeView,
+        data: crate::api::DataState,
     ) -> HttpServer {
         let addr = listener
             .local_addr()
@@ -157,7 +158,7 @@ impl HttpServer {
                 c.read_keys.iter().chain(&c.write_keys).cloned().collect()
             })
             .unwrap_or_default();
-        let app = router(Arc::new(view), search, keys);
+        let app = router(Arc::new(view), search, data, keys);
         let (stop, mut rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -192,7 +193,12 @@ struct Guarded {
     keys: Arc<Vec<String>>,
 }
 
-fn router(view: Arc<NodeView>, search: Option<SearchService>, keys: Vec<String>) -> Router {
+fn router(
+    view: Arc<NodeView>,
+    search: Option<SearchService>,
+    data: crate::api::DataState,
+    keys: Vec<String>,
+) -> Router {
     let state = Guarded {
         view,
         keys: Arc::new(keys),
@@ -200,8 +206,9 @@ fn router(view: Arc<NodeView>, search: Option<SearchService>, keys: Vec<String>)
     let node = Router::new()
         .route("/cluster.json", get(cluster))
         .route("/metrics", get(metrics_text))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
-        .with_state(state);
+        .with_state(state.clone())
+        .merge(crate::api::router(data))
+        .layer(axum::middleware::from_fn_with_state(state, guard));
     let app = crate::console::router().merge(node);
     match search {
         Some(s) => app.merge(keyward_search::router(s)),

@@ -3,6 +3,7 @@
 //! here ([`ownership`], [`dbc`], [`vfs`], [`cache`], [`search`]). It also builds the `keyward`
 //! binary.
 
+pub mod api;
 pub mod config;
 pub mod console;
 pub mod exit;

@@ -292,6 +292,7 @@ impl KeywardBuilder {
             db: None,
             vfs: None,
             cache: None,
+            kv: None,
             search: None,
             http: None,
         };
@@ -348,6 +349,7 @@ pub struct Keyward {
     db: Option<Db>,
     vfs: Option<Vfs>,
     cache: Option<Cache>,
+    kv: Option<keyward_cache::RawTable>,
     search: Option<SearchService>,
     http: Option<HttpServer>,
 }
@@ -383,6 +385,7 @@ impl Keyward {
                 db.clone(),
             )
             .await?;
+            self.kv = Some(crate::api::kv_table(&cache).await?);
             self.cache = Some(cache);
         }
         if parts.search && cfg.search.enabled {
@@ -404,7 +407,11 @@ impl Keyward {
         }
         if let Some(listener) = http_listener {
             let view = self.view();
-            self.http = Some(HttpServer::start(listener, self.search.clone(), view));
+            let data = crate::api::DataState {
+                kv: self.kv.clone(),
+                vfs: self.vfs.clone(),
+            };
+            self.http = Some(HttpServer::start(listener, self.search.clone(), view, data));
         }
         Ok(())
     }
@@ -467,6 +474,13 @@ impl Keyward {
             .ok_or(NodeError::NotRunning { part: "cache" })
     }
 
+    /// The key-value table behind `/kv` (a cached table of the node's database).
+    pub fn kv(&self) -> Result<&keyward_cache::RawTable, NodeError> {
+        self.kv
+            .as_ref()
+            .ok_or(NodeError::NotRunning { part: "cache" })
+    }
+
     /// The node's search service.
     pub fn search(&self) -> Result<&SearchService, NodeError> {
         self.search
@@ -485,6 +499,7 @@ impl Keyward {
         if let Some(search) = self.search.take() {
             search.shutdown();
         }
+        self.kv = None;
         if let Some(cache) = self.cache.take() {
             if let Err(e) = cache.shutdown().await {
                 tracing::error!(error = %e, "cache: flush on shutdown failed; the journal keeps the writes for the next owner");

@@ -1,5 +1,7 @@
 //! Helpers for Keyward's cross-crate end-to-end tests: finding and running the real binaries.
 
+pub mod cluster;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;

@@ -58,13 +58,22 @@ fn missing_config_file_exits_3() {
 #[test]
 fn reserved_variables_are_not_config() {
     let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on the port given, so status finds no node (exit 4), but it got that far:
+    // the reserved variables were not read as config (which would have been exit 3).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let (code, _, err) = run(keyward()
         .current_dir(dir.path())
         .env("KEYWARD_TEST_ANYTHING", "x")
         .env("KEYWARD_BENCH_ROUNDS", "zz")
         .env("KEYWARD_REQUIRE_SERVERS", "1")
+        .env("KEYWARD_SEARCH__LISTEN", format!("127.0.0.1:{port}"))
         .arg("status"));
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("no node answers"), "{err}");
 }
 
 #[test]

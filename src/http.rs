@@ -64,7 +64,7 @@ impl NodeView {
             });
         }
         let options = self.ownership.client_options();
-        let ask = keyward_ownership::server_stats(&servers, &options);
+        let ask = crate::status::group_stats(&servers, &options);
         match tokio::time::timeout(Duration::from_secs(3), ask).await {
             Ok(Ok(s)) => json!({
                 "mode": self.role.name(), "members": s.members, "master": s.master,

@@ -19,6 +19,22 @@ pub enum StatusError {
     },
 }
 
+/// The group's view from its master: any member answers, but only the master's table holds
+/// the sessions and ports, so a member naming another as master is asked again there.
+pub async fn group_stats(
+    servers: &[String],
+    options: &keyward_ownership::ClientOptions,
+) -> keyward_ownership::Result<keyward_ownership::ServerStats> {
+    let first = keyward_ownership::server_stats(servers, options).await?;
+    if let Some(master) = &first.master {
+        if let Ok(s) = keyward_ownership::server_stats(std::slice::from_ref(master), options).await
+        {
+            return Ok(s);
+        }
+    }
+    Ok(first)
+}
+
 /// The node's view as JSON, in the shape of `/cluster.json`.
 pub async fn fetch(config: &KeywardConfig) -> Result<Value, StatusError> {
     let addr = config
@@ -43,7 +59,7 @@ pub async fn fetch(config: &KeywardConfig) -> Result<Value, StatusError> {
         });
     }
     let options = o.client_options();
-    let ask = keyward_ownership::server_stats(&servers, &options);
+    let ask = group_stats(&servers, &options);
     match tokio::time::timeout(Duration::from_secs(5), ask).await {
         Ok(Ok(s)) => Ok(json!({
             "node": null,

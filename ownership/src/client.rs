@@ -288,6 +288,16 @@ pub(crate) async fn dial(addr: &str, opts: &ClientOptions) -> Result<Wire> {
     Ok(wire)
 }
 
+/// An authenticated connection to one server, for tools and protocol tests that speak the
+/// frame protocol themselves (see [`frame`]): the stream, after the handshake, and any bytes
+/// the server already sent beyond it. The caller says HELLO next.
+pub async fn dial_raw(addr: &str, options: &ClientOptions) -> Result<(TcpStream, BytesMut)> {
+    let wire = tokio::time::timeout(options.connect_timeout, dial(addr, options))
+        .await
+        .map_err(|_| OwnershipError::Unavailable(format!("{addr}: connect timed out")))??;
+    Ok((wire.stream, wire.inbuf))
+}
+
 /// The first address that connects and authenticates. A refused secret is reported as such.
 async fn dial_any(addrs: &[String], opts: &ClientOptions) -> Result<Wire> {
     let mut last = OwnershipError::Unavailable("no server addresses given".into());

@@ -18,7 +18,7 @@ mod session;
 mod status;
 mod types;
 
-pub use client::{connect, server_stats, ClientOptions};
+pub use client::{connect, dial_raw, server_stats, ClientOptions};
 pub use config::{ConfigError, GroupConfig, GroupRole, OwnershipConfig};
 pub use coordinator::{Backend, Claim, ClaimReply, Coordinator, Guard};
 pub use error::{OwnershipError, Result};

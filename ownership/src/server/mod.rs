@@ -7,6 +7,7 @@
 //! behind it keeps its ports until its lease ends, as a dropped connection never shortens a lease.
 
 mod epoch;
+mod ports;
 mod table;
 
 use crate::auth;

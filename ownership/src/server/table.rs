@@ -6,25 +6,16 @@
 //! their channels.
 
 use super::epoch::COUNTER_BITS;
+use super::ports::{Ports, NIL};
 use crate::frame::{code, kind, FrameError, FrameWriter, Reader};
 use crate::status::{NodeStats, ServerStats};
 use crate::types::{validate_key, Endpoints, Mode, NodeId, Token};
 use bytes::{Bytes, BytesMut};
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 pub(crate) type PushTx = mpsc::UnboundedSender<Bytes>;
-
-struct Port {
-    owner: u64,
-    token: Token,
-    /// Sessions to tell when the port is released (boxed: most ports have none, and the
-    /// table's memory per port is what the service is measured by: 8 bytes, not 24).
-    #[allow(clippy::box_collection)]
-    watchers: Option<Box<Vec<u64>>>,
-}
 
 struct Session {
     node: NodeId,
@@ -34,13 +25,15 @@ struct Session {
     lease: Duration,
     deadline: Instant,
     endpoints: Endpoints,
-    ports: HashSet<Arc<str>>,
+    /// First of the session's ports (they are linked in the port table).
+    head: u32,
+    ports: usize,
     /// The connection (id, channel) that asked for pushes with WaitMsg.
     push: Option<(u64, PushTx)>,
 }
 
 pub(crate) struct Table {
-    ports: HashMap<Arc<str>, Port>,
+    ports: Ports,
     sessions: HashMap<u64, Session>,
     nodes: HashMap<String, u64>,
     next_sid: u64,
@@ -102,7 +95,7 @@ impl Table {
             reclaim_until,
             max_lease_ms: previous_max_lease_ms,
             data_dir,
-            ports: HashMap::new(),
+            ports: Ports::default(),
             sessions: HashMap::new(),
             nodes: HashMap::new(),
             next_sid: 1,
@@ -155,7 +148,7 @@ impl Table {
     }
 
     fn clear(&mut self) {
-        self.ports = HashMap::new();
+        self.ports.clear();
         self.sessions = HashMap::new();
         self.nodes = HashMap::new();
     }
@@ -219,6 +212,14 @@ impl Table {
             tracing::info!(node, "node opened a new session; ending its previous one");
             self.end_session(sid);
         }
+        // Ports name their owner in 32 bits: session numbers wrap, skipping live ones.
+        while self.next_sid > u32::MAX as u64 - 1 || self.sessions.contains_key(&self.next_sid) {
+            self.next_sid = if self.next_sid > u32::MAX as u64 - 1 {
+                1
+            } else {
+                self.next_sid + 1
+            };
+        }
         let sid = self.next_sid;
         self.next_sid += 1;
         self.nodes.insert(node.to_owned(), sid);
@@ -232,7 +233,8 @@ impl Table {
                 lease,
                 deadline: now + lease,
                 endpoints,
-                ports: HashSet::new(),
+                head: NIL,
+                ports: 0,
                 push: None,
             },
         );
@@ -266,7 +268,7 @@ impl Table {
             err_frame(out, id, code::NO_SESSION, 0, 0, "no live session");
             return Ok(());
         };
-        let held = session.ports.len();
+        let held = session.ports;
         let tight = held.saturating_add(n) > self.limit;
         let mut check = Reader::clone(r);
         let mut fresh = 0usize;
@@ -277,7 +279,7 @@ impl Table {
                 err_frame(out, id, code::INVALID, 0, 0, &e.to_string());
                 return Ok(());
             }
-            if (tight || window.is_some()) && !self.ports.contains_key(key) {
+            if (tight || window.is_some()) && !self.ports.contains(key) {
                 fresh += 1;
             }
         }
@@ -312,18 +314,15 @@ impl Table {
         w.u32(n as u32);
         for _ in 0..n {
             let key = r.str("key")?;
-            if let Some(port) = self.ports.get_mut(key) {
-                if port.owner == sid {
+            if let Some(port) = self.ports.get(key) {
+                if port.owner as u64 == sid {
                     w.u8(0).i64(port.token);
                     continue;
                 }
                 if notify {
-                    let w = port.watchers.get_or_insert_with(Default::default);
-                    if !w.contains(&sid) {
-                        w.push(sid);
-                    }
+                    self.ports.watch(key, sid);
                 }
-                let (owner, token) = (port.owner, port.token);
+                let (owner, token) = (port.owner as u64, port.token);
                 match self.sessions.get(&owner) {
                     Some(o) => {
                         w.u8(1).owner(o.node.as_str(), token, &o.endpoints);
@@ -340,18 +339,12 @@ impl Table {
                 w.u8(2);
                 continue;
             };
-            let key: Arc<str> = Arc::from(key);
-            if let Some(s) = self.sessions.get_mut(&sid) {
-                s.ports.insert(key.clone());
-            }
-            self.ports.insert(
-                key,
-                Port {
-                    owner: sid,
-                    token,
-                    watchers: None,
-                },
-            );
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                w.u8(2);
+                continue;
+            };
+            self.ports.insert(key, sid as u32, token, &mut s.head);
+            s.ports += 1;
             w.u8(0).i64(token);
         }
         w.finish();
@@ -369,11 +362,12 @@ impl Table {
         let n = r.count(2, "keys")?;
         for _ in 0..n {
             let key = r.str("key")?;
-            if self.ports.get(key).is_some_and(|p| p.owner == sid) {
-                self.free(key);
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.ports.remove(key);
-                }
+            let Some(s) = self.sessions.get_mut(&sid) else {
+                continue;
+            };
+            if let Some(watchers) = self.ports.remove_owned(key, sid as u32, &mut s.head) {
+                s.ports -= 1;
+                self.tell_released(key, watchers);
             }
         }
         ok_frame(out, id);
@@ -394,7 +388,7 @@ impl Table {
             match self
                 .ports
                 .get(key)
-                .and_then(|p| self.sessions.get(&p.owner).map(|s| (p, s)))
+                .and_then(|p| self.sessions.get(&(p.owner as u64)).map(|s| (p, s)))
             {
                 Some((p, s)) => {
                     w.u8(1).owner(s.node.as_str(), p.token, &s.endpoints);
@@ -414,7 +408,7 @@ impl Table {
             Some(s) => {
                 w.u8(1)
                     .str(node)
-                    .u64(s.ports.len() as u64)
+                    .u64(s.ports as u64)
                     .endpoints(&s.endpoints);
             }
             None => {
@@ -444,7 +438,11 @@ impl Table {
             .get(&sid)
             .map(|s| s.node.as_str())
             .unwrap_or("");
-        if let Some((_, tx)) = self.sessions.get(&port.owner).and_then(|s| s.push.as_ref()) {
+        if let Some((_, tx)) = self
+            .sessions
+            .get(&(port.owner as u64))
+            .and_then(|s| s.push.as_ref())
+        {
             let frame = push_frame(kind::PUSH_MSG, |w| {
                 w.str(key).str(from).blob(payload);
             });
@@ -489,11 +487,9 @@ impl Table {
         self.sessions.contains_key(&sid)
     }
 
-    fn free(&mut self, key: &str) {
-        let Some(port) = self.ports.remove(key) else {
-            return;
-        };
-        for w in port.watchers.into_iter().flat_map(|w| *w) {
+    /// Tells the sessions that watched a freed port.
+    fn tell_released(&self, key: &str, watchers: Vec<u64>) {
+        for w in watchers {
             if let Some((_, tx)) = self.sessions.get(&w).and_then(|s| s.push.as_ref()) {
                 let _ = tx.send(push_frame(kind::PUSH_RELEASED, |f| {
                     f.str(key);
@@ -513,9 +509,16 @@ impl Table {
         if let Some((_, tx)) = &s.push {
             let _ = tx.send(push_frame(kind::PUSH_LOST, |_| {}));
         }
-        for key in &s.ports {
-            self.free(key);
-        }
+        let sessions = &self.sessions;
+        self.ports.remove_all(s.head, |key, watchers| {
+            for w in watchers {
+                if let Some((_, tx)) = sessions.get(&w).and_then(|s| s.push.as_ref()) {
+                    let _ = tx.send(push_frame(kind::PUSH_RELEASED, |f| {
+                        f.str(key);
+                    }));
+                }
+            }
+        });
     }
 
     /// Ends every session whose lease has run out; returns how many.
@@ -528,7 +531,7 @@ impl Table {
             .collect();
         for sid in &dead {
             if let Some(s) = self.sessions.get(sid) {
-                tracing::debug!(node = %s.node, ports = s.ports.len(), "session lease expired");
+                tracing::debug!(node = %s.node, ports = s.ports, "session lease expired");
             }
             self.end_session(*sid);
         }
@@ -543,7 +546,7 @@ impl Table {
                 node: s.node.to_string(),
                 mode: s.mode,
                 lease_ms: s.lease.as_millis() as u64,
-                ports: s.ports.len(),
+                ports: s.ports,
                 push_channel: s.push.is_some(),
             })
             .collect();

@@ -439,7 +439,11 @@ impl Table {
         call!(self, "get", t => t.get(key))
     }
 
+    /// One result per key, in order; on SQL backends a few hundred keys per statement.
     pub async fn get_many(&self, keys: &[Key]) -> Result<Vec<Option<Record>>> {
+        if let TableImpl::Sql(t) = &self.inner.imp {
+            return t.get_many(keys, self.inner.timeout).await;
+        }
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             out.push(self.get(k).await?);
@@ -452,7 +456,12 @@ impl Table {
         call!(self, "put", t => t.put(rec))
     }
 
+    /// One result per record. On SQL backends the batch is one transaction of multi-row
+    /// statements (a failing item fails alone; `Err` as a whole means nothing was written).
     pub async fn put_many(&self, recs: &[Record]) -> Result<Vec<Result<()>>> {
+        if let TableImpl::Sql(t) = &self.inner.imp {
+            return t.put_many(recs, self.inner.timeout).await;
+        }
         let mut out = Vec::with_capacity(recs.len());
         for r in recs {
             out.push(self.put(r).await);
@@ -466,7 +475,11 @@ impl Table {
         call!(self, "put_fenced", t => t.put_fenced(rec, token))
     }
 
+    /// One result per item; batched like [`Table::put_many`] where the backend allows.
     pub async fn put_fenced_many(&self, items: &[(Record, i64)]) -> Result<Vec<Result<()>>> {
+        if let TableImpl::Sql(t) = &self.inner.imp {
+            return t.put_fenced_many(items, self.inner.timeout).await;
+        }
         let mut out = Vec::with_capacity(items.len());
         for (r, tok) in items {
             out.push(self.put_fenced(r, *tok).await);
@@ -486,7 +499,11 @@ impl Table {
         call!(self, "delete_fenced", t => t.delete_fenced(key, token))
     }
 
+    /// One result per item; on SQL backends one transaction for the whole batch.
     pub async fn delete_fenced_many(&self, items: &[(Key, i64)]) -> Result<Vec<Result<bool>>> {
+        if let TableImpl::Sql(t) = &self.inner.imp {
+            return t.delete_fenced_many(items, self.inner.timeout).await;
+        }
         let mut out = Vec::with_capacity(items.len());
         for (k, tok) in items {
             out.push(self.delete_fenced(k, *tok).await);

@@ -292,15 +292,7 @@ impl MongoTable {
         expected: Option<&Record>,
         new: Option<&Record>,
     ) -> Result<bool> {
-        self.layout.check_key(key)?;
-        for r in expected.iter().chain(new.iter()) {
-            self.layout.check_record(r)?;
-            if self.layout.key_of(r) != key {
-                return Err(DbcError::invalid(
-                    "compare_and_put: a record's key differs from the key given",
-                ));
-            }
-        }
+        self.layout.check_cas(key, expected, new)?;
         let id = self.id_of(key);
         match (expected, new) {
             (None, None) => Ok(self.get(key).await?.is_none()),
@@ -373,14 +365,7 @@ impl MongoTable {
         while let Some(d) = cur.try_next().await.map_err(err)? {
             records.push(self.decode(&d)?);
         }
-        let next = if records.len() == limit {
-            records.last().map(|r| ScanCursor {
-                after: self.layout.key_of(r),
-            })
-        } else {
-            None
-        };
-        Ok(ScanPage { records, next })
+        Ok(self.layout.page(records, limit))
     }
 
     pub async fn count(&self) -> Result<u64> {

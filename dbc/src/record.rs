@@ -216,6 +216,37 @@ impl Layout {
         Ok(())
     }
 
+    /// A scan page of `records` read with `limit`: a full page may have a next one.
+    pub fn page(&self, records: Vec<Record>, limit: usize) -> ScanPage {
+        let next = if records.len() == limit {
+            records.last().map(|r| ScanCursor {
+                after: self.key_of(r),
+            })
+        } else {
+            None
+        };
+        ScanPage { records, next }
+    }
+
+    /// The input checks of `compare_and_put`, the same on every backend.
+    pub fn check_cas(
+        &self,
+        key: &[Value],
+        expected: Option<&Record>,
+        new: Option<&Record>,
+    ) -> Result<()> {
+        self.check_key(key)?;
+        for r in expected.iter().chain(new.iter()) {
+            self.check_record(r)?;
+            if self.key_of(r) != key {
+                return Err(DbcError::invalid(
+                    "compare_and_put: a record's key differs from the key given",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn check_key(&self, key: &[Value]) -> Result<()> {
         if key.len() != self.key_idx.len() {
             return Err(DbcError::invalid(format!(

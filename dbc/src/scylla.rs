@@ -392,15 +392,7 @@ impl ScyllaTable {
         expected: Option<&Record>,
         new: Option<&Record>,
     ) -> Result<bool> {
-        self.layout.check_key(key)?;
-        for r in expected.iter().chain(new.iter()) {
-            self.layout.check_record(r)?;
-            if self.layout.key_of(r) != key {
-                return Err(DbcError::invalid(
-                    "compare_and_put: a record's key differs from the key given",
-                ));
-            }
-        }
+        self.layout.check_cas(key, expected, new)?;
         match (expected, new) {
             (None, None) => Ok(self.get(key).await?.is_none()),
             (Some(old), Some(new)) => {

@@ -391,6 +391,139 @@ async fn batches(db: &Db) {
     assert_eq!(t.count().await.unwrap(), 2);
 }
 
+fn key_s(i: usize) -> String {
+    format!("k{i:05}")
+}
+
+/// Batches large enough to take the multi-row path: a failing item in the middle gets exactly
+/// its own error and every other item is written.
+async fn large_batches(db: &Db) {
+    let t = db.define_table(kv_def(&unique("bigbatch"))).await.unwrap();
+    let n = 3000;
+    let key = key_s;
+    let mut recs: Vec<_> = (0..n).map(|i| kv(&key(i), i as i64)).collect();
+    recs[1500] = vec![Value::Text(key(1500)), Value::Text("not an i64".into())];
+    // The same key twice in one batch: the later write wins, as if written one by one.
+    recs.push(kv(&key(7), -7));
+    let res = t.put_many(&recs).await.unwrap();
+    assert_eq!(res.len(), n + 1);
+    for (i, r) in res.iter().enumerate() {
+        if i == 1500 {
+            assert!(matches!(r, Err(DbcError::TypeMismatch { .. })), "{r:?}");
+        } else {
+            assert!(r.is_ok(), "item {i}: {r:?}");
+        }
+    }
+    assert_eq!(t.count().await.unwrap(), n as u64 - 1);
+    let k = |i: usize| vec![Value::Text(key(i))];
+    assert_eq!(t.get(&k(7)).await.unwrap(), Some(kv(&key(7), -7)));
+    assert_eq!(t.get(&k(1500)).await.unwrap(), None);
+    assert_eq!(t.get(&k(2999)).await.unwrap(), Some(kv(&key(2999), 2999)));
+
+    // Fenced: one key already holds a newer token; one item has a bad token.
+    t.put_fenced(&kv(&key(2000), 1), 10).await.unwrap();
+    let mut items: Vec<_> = (0..n).map(|i| (kv(&key(i), 2 * i as i64), 5)).collect();
+    items[2500].1 = -1;
+    let res = t.put_fenced_many(&items).await.unwrap();
+    assert_eq!(res.len(), n);
+    for (i, r) in res.iter().enumerate() {
+        match i {
+            2000 => assert!(
+                matches!(
+                    r,
+                    Err(DbcError::Fenced {
+                        stored: 10,
+                        given: 5,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            ),
+            2500 => assert!(matches!(r, Err(DbcError::InvalidInput { .. })), "{r:?}"),
+            _ => assert!(r.is_ok(), "item {i}: {r:?}"),
+        }
+    }
+    assert_eq!(t.get(&k(2000)).await.unwrap(), Some(kv(&key(2000), 1)));
+    assert_eq!(t.get(&k(1999)).await.unwrap(), Some(kv(&key(1999), 3998)));
+    assert_eq!(t.get(&k(2500)).await.unwrap(), Some(kv(&key(2500), 2500)));
+    assert_eq!(t.get(&k(1500)).await.unwrap(), Some(kv(&key(1500), 3000)));
+    assert_eq!(t.count().await.unwrap(), n as u64);
+    // Many keys at once, in the order asked, a missing one and a repeated one included.
+    let mut keys: Vec<_> = (0..n).rev().map(k).collect();
+    keys.insert(17, vec![Value::Text("absent".into())]);
+    keys.push(k(2000));
+    let got = t.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len());
+    for (key, rec) in keys.iter().zip(&got) {
+        let want = match &key[0] {
+            Value::Text(s) if s == "absent" => None,
+            Value::Text(s) if s == &key_s(2000) => Some(kv(s, 1)),
+            Value::Text(s) if s == &key_s(2500) => Some(kv(s, 2500)),
+            Value::Text(s) => Some(kv(s, 2 * s[1..].parse::<i64>().unwrap())),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(rec, &want);
+    }
+
+    // Fenced deletes: the one key holding a newer token is refused alone.
+    let mut items: Vec<_> = (0..n).map(|i| (k(i), 6)).collect();
+    items.insert(1000, (vec![Value::Text("absent".into())], 6));
+    let res = t.delete_fenced_many(&items).await.unwrap();
+    for ((key, _), r) in items.iter().zip(&res) {
+        match &key[0] {
+            Value::Text(s) if s == "absent" => assert!(matches!(r, Ok(false)), "{r:?}"),
+            Value::Text(s) if s == &key_s(2000) => assert!(
+                matches!(
+                    r,
+                    Err(DbcError::Fenced {
+                        stored: 10,
+                        given: 6,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            ),
+            _ => assert!(matches!(r, Ok(true)), "{key:?}: {r:?}"),
+        }
+    }
+    assert_eq!(t.count().await.unwrap(), 1);
+    assert!(matches!(
+        t.put_fenced(&kv(&key_s(5), 0), 5).await,
+        Err(DbcError::Fenced { stored: 6, .. })
+    ));
+
+    // Large values split a batch into several statements; the refused item is in the second.
+    let t = db
+        .define_table(all_types_def(&unique("bigvals")))
+        .await
+        .unwrap();
+    let big = "x".repeat(1024 * 1024);
+    let rec = |i: usize, tag: &str| {
+        let mut r = vec![Value::Null; 10];
+        r[0] = Value::Text(format!("id{i:02}"));
+        r[5] = Value::Text(format!("{tag}{big}"));
+        r
+    };
+    t.put_fenced(&rec(9, "old"), 50).await.unwrap();
+    let items: Vec<_> = (0..12).map(|i| (rec(i, "new"), 7)).collect();
+    let res = t.put_fenced_many(&items).await.unwrap();
+    for (i, r) in res.iter().enumerate() {
+        if i == 9 {
+            assert!(
+                matches!(r, Err(DbcError::Fenced { stored: 50, .. })),
+                "{r:?}"
+            );
+        } else {
+            assert!(r.is_ok(), "item {i}: {r:?}");
+        }
+    }
+    for i in [0, 8, 9, 10, 11] {
+        let got = t.get(&[Value::Text(format!("id{i:02}"))]).await.unwrap();
+        let want = rec(i, if i == 9 { "old" } else { "new" });
+        assert!(got == Some(want), "value of id{i:02} differs");
+    }
+}
+
 async fn fencing(db: &Db) {
     let t = db.define_table(kv_def(&unique("fence"))).await.unwrap();
     let k = [Value::Text("key".into())];
@@ -631,6 +764,7 @@ pub async fn suite(db: Db) {
     case_distinct_keys_and_scan(&db).await;
     composite_keys(&db).await;
     batches(&db).await;
+    large_batches(&db).await;
     fencing(&db).await;
     compare_and_put(&db).await;
     bad_input(&db).await;

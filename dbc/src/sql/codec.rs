@@ -107,24 +107,25 @@ macro_rules! narrow_codec {
                     .map_err(be)?
                     .map(Value::Bytes)
                     .unwrap_or(Value::Null),
-                FieldType::F64 => match row.try_get::<Option<Vec<u8>>, _>(i).map_err(be)? {
-                    Some(b) => f64_from_bytes(i, &b)?,
+                // Borrowed: these decode from the row's bytes without an allocation.
+                FieldType::F64 => match row.try_get::<Option<&[u8]>, _>(i).map_err(be)? {
+                    Some(b) => f64_from_bytes(i, b)?,
                     None => Value::Null,
                 },
-                FieldType::Uuid => match row.try_get::<Option<Vec<u8>>, _>(i).map_err(be)? {
-                    Some(b) => uuid_from_bytes(i, &b)?,
+                FieldType::Uuid => match row.try_get::<Option<&[u8]>, _>(i).map_err(be)? {
+                    Some(b) => uuid_from_bytes(i, b)?,
                     None => Value::Null,
                 },
                 FieldType::Timestamp => match row.try_get::<Option<i64>, _>(i).map_err(be)? {
                     Some(m) => micros_to_ts(i, m)?,
                     None => Value::Null,
                 },
-                FieldType::Decimal => match row.try_get::<Option<String>, _>(i).map_err(be)? {
-                    Some(s) => decimal_from_text(i, &s)?,
+                FieldType::Decimal => match row.try_get::<Option<&str>, _>(i).map_err(be)? {
+                    Some(s) => decimal_from_text(i, s)?,
                     None => Value::Null,
                 },
-                FieldType::Json => match row.try_get::<Option<String>, _>(i).map_err(be)? {
-                    Some(s) => json_from_text(i, &s)?,
+                FieldType::Json => match row.try_get::<Option<&str>, _>(i).map_err(be)? {
+                    Some(s) => json_from_text(i, s)?,
                     None => Value::Null,
                 },
             })
@@ -141,6 +142,11 @@ pub(crate) mod sqlite {
     use super::*;
     use sqlx::Sqlite;
     narrow_codec!(Sqlite);
+
+    /// Rows affected, and 0 for the insert id (only MySQL's is used).
+    pub(crate) fn ids(r: &sqlx::sqlite::SqliteQueryResult) -> (u64, u64) {
+        (r.rows_affected(), 0)
+    }
 
     pub(crate) fn decode_native(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Value> {
         let raw = row.try_get_raw(i).map_err(|e| mismatch(i, "any", e))?;
@@ -168,6 +174,11 @@ pub(crate) mod mysql {
     use super::*;
     use sqlx::MySql;
     narrow_codec!(MySql);
+
+    /// Rows affected (matched) and the insert id the server reported.
+    pub(crate) fn ids(r: &sqlx::mysql::MySqlQueryResult) -> (u64, u64) {
+        (r.rows_affected(), r.last_insert_id())
+    }
 
     pub(crate) fn decode_native(row: &sqlx::mysql::MySqlRow, i: usize) -> Result<Value> {
         let raw = row.try_get_raw(i).map_err(|e| mismatch(i, "any", e))?;
@@ -229,16 +240,22 @@ pub(crate) mod postgres {
             Value::I64(n) => q.bind(*n),
             Value::F64(f) => q.bind(*f),
             Value::Decimal(d) => q.bind(*d),
-            Value::Text(s) => q.bind(s.clone()),
-            Value::Bytes(b) => q.bind(b.clone()),
+            // PostgreSQL arguments are encoded on bind, so borrowing saves a copy.
+            Value::Text(s) => q.bind(s.as_str()),
+            Value::Bytes(b) => q.bind(b.as_slice()),
             Value::Timestamp(t) => q.bind(*t),
             Value::Uuid(u) => q.bind(*u),
-            Value::Json(j) => q.bind(j.clone()),
+            Value::Json(j) => q.bind(sqlx::types::Json(j)),
         }
     }
 
     pub(crate) fn bind_native<'q>(q: Q<'q>, v: &Value) -> Q<'q> {
         bind(q, v, v.field_type().unwrap_or(FieldType::Text))
+    }
+
+    /// Rows affected, and 0 for the insert id (only MySQL's is used).
+    pub(crate) fn ids(r: &sqlx::postgres::PgQueryResult) -> (u64, u64) {
+        (r.rows_affected(), 0)
     }
 
     pub(crate) fn decode(row: &sqlx::postgres::PgRow, i: usize, ty: FieldType) -> Result<Value> {

@@ -232,6 +232,52 @@ impl Dialect {
         }
     }
 
+    /// `head (row 1), (row 2), ... tail`, each row `binds` placeholders numbered on from the
+    /// previous row's, then the literal `extra` (e.g. `, 0, 0` for token and tombstone).
+    pub fn multi_row(
+        &self,
+        head: &str,
+        tail: &str,
+        rows: usize,
+        binds: usize,
+        extra: &str,
+    ) -> String {
+        use std::fmt::Write;
+        let mut s = String::with_capacity(head.len() + tail.len() + rows * binds * 7);
+        s.push_str(head);
+        for r in 0..rows {
+            if r > 0 {
+                s.push_str(", ");
+            }
+            s.push('(');
+            for b in 0..binds {
+                if b > 0 {
+                    s.push_str(", ");
+                }
+                match self.kind {
+                    // Writing into a String cannot fail.
+                    BackendKind::Postgres => {
+                        let _ = write!(s, "${}", r * binds + b + 1);
+                    }
+                    _ => s.push('?'),
+                }
+            }
+            s.push_str(extra);
+            s.push(')');
+        }
+        s.push_str(tail);
+        s
+    }
+
+    /// The most parameters one statement may carry on this backend.
+    pub fn bind_limit(&self) -> usize {
+        match self.kind {
+            // SQLITE_MAX_VARIABLE_NUMBER of SQLite 3.32 and later.
+            BackendKind::Sqlite => 32_766,
+            _ => 65_535,
+        }
+    }
+
     pub fn statements(&self, l: &Layout) -> Statements {
         let t = self.q(&l.def.name);
         let tok = self.q(TOKEN_COLUMN);
@@ -265,78 +311,77 @@ impl Dialect {
             "SELECT {cols} FROM {t} WHERE {} AND {dead} = 0",
             self.key_eq(l, 1)
         );
+        let key_tuple = if nk == 1 {
+            keys.clone()
+        } else {
+            format!("({keys})")
+        };
+        let get_many_head = format!("SELECT {cols} FROM {t} WHERE {dead} = 0 AND {key_tuple} IN (");
         let token_of = format!(
             "SELECT {tok}, CAST({dead} AS {}) FROM {t} WHERE {}",
             if is_mysql { "SIGNED" } else { "BIGINT" },
             self.key_eq(l, 1)
         );
-        let put = format!(
-            "INSERT INTO {t} ({cols}, {tok}, {dead}) VALUES ({vals}, 0, 0){}",
-            conflict(
-                join(set_rest_excluded.clone(), &[format!("{dead} = 0")]),
-                None
-            )
+        let put_head = format!("INSERT INTO {t} ({cols}, {tok}, {dead}) VALUES ");
+        let put_tail = conflict(
+            join(set_rest_excluded.clone(), &[format!("{dead} = 0")]),
+            None,
         );
+        let put = format!("{put_head}({vals}, 0, 0){put_tail}");
         let fenced_guard = format!("{t}.{tok} <= excluded.{tok}");
-        let put_fenced = format!(
-            "INSERT INTO {t} ({cols}, {tok}, {dead}) VALUES ({vals}, {}, 0){}",
-            self.ph(nf + 1),
+        // MySQL has no conditional upsert: every assignment is guarded instead, the token's
+        // last (assignments see the values assigned before them). A refused row is left as
+        // it was and reports its stored token through LAST_INSERT_ID(expr), which the server
+        // returns with the statement's result (0 otherwise: these tables have no
+        // AUTO_INCREMENT column, and a refused token is above a given one, so at least 1).
+        let my_guard = format!("{tok} <= VALUES({tok})");
+        let my_fenced = |rest_value: &dyn Fn(&str) -> String, dead_value: u8| -> String {
+            let mut set: Vec<String> = rest
+                .iter()
+                .map(|c| format!("{c} = IF({my_guard}, {}, {c})", rest_value(c)))
+                .collect();
+            set.push(format!("{dead} = IF({my_guard}, {dead_value}, {dead})"));
+            set.push(format!(
+                "{tok} = IF({my_guard}, VALUES({tok}), LAST_INSERT_ID({tok}))"
+            ));
+            format!(" ON DUPLICATE KEY UPDATE {}", set.join(", "))
+        };
+        let put_fenced_tail = if is_mysql {
+            my_fenced(&|c| format!("VALUES({c})"), 0)
+        } else {
             conflict(
                 join(
                     set_rest_excluded.clone(),
-                    &[format!("{tok} = excluded.{tok}"), format!("{dead} = 0")]
+                    &[format!("{tok} = excluded.{tok}"), format!("{dead} = 0")],
                 ),
-                Some(fenced_guard.clone())
+                Some(fenced_guard.clone()),
             )
+        };
+        let put_fenced = format!(
+            "{put_head}({vals}, {}, 0){put_fenced_tail}",
+            self.ph(nf + 1)
         );
         let key_vals = self.phs(1, nk).join(", ");
-        let delete_fenced = format!(
-            "INSERT INTO {t} ({keys}, {tok}, {dead}) VALUES ({key_vals}, {}, 1){}",
-            self.ph(nk + 1),
+        let delete_fenced_tail = if is_mysql {
+            my_fenced(&|_| "NULL".to_string(), 1)
+        } else {
             conflict(
                 join(
                     set_rest_null.clone(),
-                    &[format!("{tok} = excluded.{tok}"), format!("{dead} = 1")]
+                    &[format!("{tok} = excluded.{tok}"), format!("{dead} = 1")],
                 ),
-                Some(fenced_guard)
+                Some(fenced_guard),
             )
+        };
+        let delete_fenced = format!(
+            "INSERT INTO {t} ({keys}, {tok}, {dead}) VALUES ({key_vals}, {}, 1){delete_fenced_tail}",
+            self.ph(nk + 1),
         );
-        // MySQL has no conditional upsert: a conditional UPDATE, then an INSERT that fails
-        // on a duplicate key (and is retried as the UPDATE). Each step is atomic.
         let set_rest_ph: Vec<String> = rest
             .iter()
             .enumerate()
             .map(|(n, c)| format!("{c} = {}", self.ph(n + 1)))
             .collect();
-        let mysql_put_fenced_update = format!(
-            "UPDATE {t} SET {} WHERE {} AND {tok} <= {}",
-            join(
-                set_rest_ph.clone(),
-                &[
-                    format!("{tok} = {}", self.ph(nr + 1)),
-                    format!("{dead} = 0")
-                ]
-            ),
-            self.key_eq(l, nr + 2),
-            self.ph(nr + nk + 2)
-        );
-        let insert_with_token = format!(
-            "INSERT INTO {t} ({cols}, {tok}, {dead}) VALUES ({vals}, {}, 0)",
-            self.ph(nf + 1)
-        );
-        let mysql_delete_fenced_update = format!(
-            "UPDATE {t} SET {} WHERE {} AND {tok} <= {}",
-            join(
-                set_rest_null.clone(),
-                &[format!("{tok} = {}", self.ph(1)), format!("{dead} = 1")]
-            ),
-            self.key_eq(l, 2),
-            self.ph(nk + 2)
-        );
-        let mysql_insert_tombstone = format!(
-            "INSERT INTO {t} ({keys}, {tok}, {dead}) VALUES ({key_vals}, {}, 1)",
-            self.ph(nk + 1)
-        );
         let delete = format!(
             "UPDATE {t} SET {} WHERE {} AND {dead} = 0",
             join(set_rest_null.clone(), &[format!("{dead} = 1")]),
@@ -395,14 +440,14 @@ impl Dialect {
         let count = format!("SELECT COUNT(*) FROM {t} WHERE {dead} = 0");
         Statements {
             get,
+            get_many_head,
             token_of,
+            put_head,
+            put_tail,
+            put_fenced_tail,
             put,
             put_fenced,
             delete_fenced,
-            mysql_put_fenced_update,
-            insert_with_token,
-            mysql_delete_fenced_update,
-            mysql_insert_tombstone,
             delete,
             cas_update,
             cas_delete,
@@ -419,14 +464,17 @@ impl Dialect {
 #[derive(Clone, Debug)]
 pub(crate) struct Statements {
     pub get: String,
+    /// `SELECT fields FROM t WHERE live AND key IN (`: the head of a multi-key get.
+    pub get_many_head: String,
     pub token_of: String,
+    /// `INSERT INTO t (fields, token, dead) VALUES `: the head of the multi-row writes.
+    pub put_head: String,
+    /// The conflict clause of `put`, and of `put_fenced` (its token guard included).
+    pub put_tail: String,
+    pub put_fenced_tail: String,
     pub put: String,
     pub put_fenced: String,
     pub delete_fenced: String,
-    pub mysql_put_fenced_update: String,
-    pub insert_with_token: String,
-    pub mysql_delete_fenced_update: String,
-    pub mysql_insert_tombstone: String,
     pub delete: String,
     pub cas_update: String,
     pub cas_delete: String,

@@ -123,6 +123,23 @@ impl SqlPool {
         })
     }
 
+    /// Executes one statement; returns the rows affected and, on MySQL, the insert id the
+    /// server reported (fenced writes report a refused row's token through it; 0 elsewhere).
+    pub(crate) async fn exec_id(
+        &self,
+        sql: &str,
+        binds: &[(&Value, FieldType)],
+    ) -> Result<(u64, u64)> {
+        let kind = self.kind();
+        with_pool!(self, pool, codec => {
+            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
+            for (v, t) in binds {
+                q = codec::bind(q, v, *t);
+            }
+            q.execute(pool).await.map(|r| codec::ids(&r)).map_err(|e| from_sqlx(kind, e))
+        })
+    }
+
     /// Fetches rows decoded by the given column types.
     pub(crate) async fn fetch(
         &self,

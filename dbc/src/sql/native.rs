@@ -3,7 +3,7 @@
 
 use super::{with_pool, SqlPool};
 use crate::error::{from_sqlx, DbcError, Result};
-use crate::value::Value;
+use crate::value::{FieldType, Value};
 use crate::BackendKind;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
@@ -243,6 +243,63 @@ impl SqlTx {
                 .map_err(|e| from_sqlx(kind, e))?;
             rows.into_iter().map(|r| decode_row!(codec, r)).collect()
         })
+    }
+
+    /// Executes one record-face statement with typed binds inside the transaction; returns
+    /// the rows affected and MySQL's reported insert id (0 elsewhere).
+    pub(crate) async fn exec_id(
+        &mut self,
+        sql: &str,
+        binds: &[(&Value, FieldType)],
+        persistent: bool,
+    ) -> Result<(u64, u64)> {
+        with_tx!(self, tx, codec, kind => {
+            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned())).persistent(persistent);
+            for (v, t) in binds {
+                q = codec::bind(q, v, *t);
+            }
+            q.execute(&mut **tx)
+                .await
+                .map(|r| codec::ids(&r))
+                .map_err(|e| from_sqlx(kind, e))
+        })
+    }
+
+    /// Fetches rows decoded by the given column types inside the transaction.
+    pub(crate) async fn fetch_typed(
+        &mut self,
+        sql: &str,
+        binds: &[(&Value, FieldType)],
+        types: &[FieldType],
+    ) -> Result<Vec<Vec<Value>>> {
+        with_tx!(self, tx, codec, kind => {
+            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
+            for (v, t) in binds {
+                q = codec::bind(q, v, *t);
+            }
+            let rows = q.fetch_all(&mut **tx).await.map_err(|e| from_sqlx(kind, e))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let mut rec = Vec::with_capacity(types.len());
+                for (i, t) in types.iter().enumerate() {
+                    rec.push(codec::decode(row, i, *t)?);
+                }
+                out.push(rec);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Runs a statement without parameters (savepoints) through the simple protocol, so that
+    /// it takes no slot in the prepared-statement cache.
+    pub(crate) async fn exec_plain(&mut self, sql: &'static str) -> Result<()> {
+        let kind = self.kind();
+        match self {
+            SqlTx::Sqlite(t) => sqlx::raw_sql(sql).execute(&mut **t).await.map(|_| ()),
+            SqlTx::Postgres(t) => sqlx::raw_sql(sql).execute(&mut **t).await.map(|_| ()),
+            SqlTx::Mysql(t) => sqlx::raw_sql(sql).execute(&mut **t).await.map(|_| ()),
+        }
+        .map_err(|e| from_sqlx(kind, e))
     }
 
     pub(crate) async fn commit(self) -> Result<()> {

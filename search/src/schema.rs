@@ -449,7 +449,10 @@ pub fn to_tantivy(fields: &Fields, id: &DocId, body: &Map<String, Json>) -> Tant
     let mut d = TantivyDocument::new();
     d.add_text(fields.id, &id.key);
     d.add_u64(fields.idh, id.hash());
-    d.add_text(fields.src, Json::Object(body.clone()).to_string());
+    d.add_text(
+        fields.src,
+        serde_json::to_string(body).unwrap_or_else(|_| "{}".into()),
+    );
     for (name, v) in body {
         let Some((f, def)) = fields.user.get(name) else {
             continue;

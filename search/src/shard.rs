@@ -337,10 +337,14 @@ impl Shard {
                 }
                 Op::Delete { .. } => None,
             };
-            if let Some(b) = &body {
-                existing.insert(id.key.clone(), b.clone());
-            } else {
-                existing.remove(&id.key);
+            // Later updates of the same id in this batch merge into this version; without
+            // updates there is nothing to keep (and no copy to pay for).
+            if !update_keys.is_empty() {
+                if let Some(b) = &body {
+                    existing.insert(id.key.clone(), b.clone());
+                } else {
+                    existing.remove(&id.key);
+                }
             }
             rows.push(DocRow {
                 key: id.key.clone(),

@@ -2,10 +2,11 @@
 //! only the segments they cover; a writable file stages its segments in a backend
 //! transaction that becomes visible at commit.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use keyward_ownership::Guard;
+use tokio::task::JoinHandle;
 
 use crate::backend::{BlobMeta, BlobRead, BlobTxn};
 use crate::crypto::{NONCE_LEN, TAG_LEN};
@@ -16,6 +17,116 @@ use crate::volume::Inner;
 
 /// Largest plaintext size a file may reach (keeps offset arithmetic far from overflow).
 pub const MAX_FILE_SIZE: u64 = 1 << 60;
+
+/// Segments are sealed (sequential writes) and opened (sequential reads) in batches of about
+/// this many bytes on blocking threads, so that the AEAD runs on every core while the runtime
+/// thread copies and does the I/O; one positional call moves a whole batch.
+const BATCH_BYTES: usize = 1 << 20;
+const MAX_BATCH_SEGMENTS: usize = 256;
+/// Batches being sealed at once before the writer waits for the oldest: enough to keep two
+/// cores busy, few enough to bound memory to a few MiB per file.
+const WRITE_INFLIGHT: usize = 3;
+/// Batches a sequential reader decrypts ahead of its position.
+const READ_AHEAD_BATCHES: usize = 3;
+/// Consecutive segment loads after which a reader starts reading ahead (random reads on a
+/// small file must not trigger it by chance).
+const SEQUENTIAL_RUN: u32 = 3;
+
+fn batch_segments(stride: usize) -> usize {
+    (BATCH_BYTES / stride.max(1)).clamp(1, MAX_BATCH_SEGMENTS)
+}
+
+/// Batches in flight for a file with this stride: up to `most`, fewer when segments are so
+/// large that a batch alone is several MiB.
+fn batches_in_flight(stride: usize, most: usize) -> usize {
+    let batch = batch_segments(stride) * stride;
+    (4 * BATCH_BYTES / batch.max(1)).clamp(1, most)
+}
+
+fn join_error(path: &str, e: tokio::task::JoinError) -> VfsError {
+    VfsError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(format!("sealing task failed: {e}")),
+    }
+}
+
+/// A batch of consecutive full segments sealed off the runtime thread, back to back.
+struct SealedBatch {
+    first: u64,
+    sealed: Vec<u8>,
+    /// The plaintext segment buffers, returned for reuse.
+    segs: Vec<Vec<u8>>,
+}
+
+/// Full segments of a sequential write on their way to the transaction: gathered, sealed on
+/// blocking threads, then written in order. Anything else that touches the transaction first
+/// drains this queue, so the transaction always sees writes in the order they were made.
+#[derive(Default)]
+struct WriteBehind {
+    /// `nonce ‖ plaintext ‖ tag` buffers of consecutive full segments from `first` on.
+    segs: Vec<Vec<u8>>,
+    first: u64,
+    jobs: VecDeque<JoinHandle<Result<SealedBatch>>>,
+    spare_segs: Vec<Vec<u8>>,
+    spare_batches: Vec<Vec<u8>>,
+}
+
+impl WriteBehind {
+    fn is_empty(&self) -> bool {
+        self.segs.is_empty() && self.jobs.is_empty()
+    }
+}
+
+/// Consecutive full segments read in one call and opened on a blocking thread.
+struct OpenedBatch {
+    first: u64,
+    buf: Vec<u8>,
+    /// Per segment: its plaintext length, or why it did not open (taken once).
+    results: Vec<Option<Result<usize>>>,
+}
+
+enum AheadSlot {
+    Pending {
+        first: u64,
+        count: u64,
+        job: JoinHandle<OpenedBatch>,
+    },
+    Ready(OpenedBatch),
+}
+
+impl AheadSlot {
+    fn end(&self) -> u64 {
+        match self {
+            AheadSlot::Pending { first, count, .. } => first + count,
+            AheadSlot::Ready(b) => b.first + b.results.len() as u64,
+        }
+    }
+}
+
+/// Read-ahead of a read-only source: segments after a sequential reader's position, opened
+/// in parallel before they are asked for. Errors are kept per segment and reported only when
+/// that segment is read, exactly as without read-ahead.
+#[derive(Default)]
+struct ReadAhead {
+    slots: VecDeque<AheadSlot>,
+    /// First segment not requested yet.
+    next: u64,
+    spare: Vec<Vec<u8>>,
+    /// Set after a failed read-ahead I/O: the normal path reports it; stop trying.
+    off: bool,
+}
+
+impl ReadAhead {
+    fn reset(&mut self) {
+        for slot in self.slots.drain(..) {
+            if let AheadSlot::Ready(b) = slot {
+                self.spare.push(b.buf);
+            }
+        }
+        self.next = 0;
+        self.off = false;
+    }
+}
 
 pub(crate) enum Source {
     Read(Box<dyn BlobRead>),
@@ -28,7 +139,7 @@ pub(crate) enum Source {
 pub(crate) struct FileCore {
     pub path: String,
     pub header: Header,
-    pub crypto: FileCrypto,
+    pub crypto: Arc<FileCrypto>,
     pub len: u64,
     pub source: Source,
     pub meta: BlobMeta,
@@ -41,8 +152,11 @@ pub(crate) struct FileCore {
     cur: Option<u64>,
     cur_len: usize,
     dirty: bool,
-    zero: Vec<u8>,
     loads: u32,
+    wb: WriteBehind,
+    ahead: ReadAhead,
+    last_load: Option<u64>,
+    run: u32,
 }
 
 impl FileCore {
@@ -92,10 +206,13 @@ impl FileCore {
             cur: None,
             cur_len: 0,
             dirty: false,
-            zero: Vec::new(),
             loads: 0,
+            wb: WriteBehind::default(),
+            ahead: ReadAhead::default(),
+            last_load: None,
+            run: 0,
             header,
-            crypto,
+            crypto: Arc::new(crypto),
         };
         let last = stored - 1;
         core.read_source(last).await?;
@@ -133,15 +250,26 @@ impl FileCore {
             cur: None,
             cur_len: 0,
             dirty: false,
-            zero: Vec::new(),
             loads: 0,
+            wb: WriteBehind::default(),
+            ahead: ReadAhead::default(),
+            last_load: None,
+            run: 0,
             header,
-            crypto,
+            crypto: Arc::new(crypto),
         }
     }
 
     pub fn key_id(&self) -> KeyId {
         self.header.key_id
+    }
+
+    /// Replaces the source; what was read ahead from the old one is dropped with it.
+    pub(crate) fn set_source(&mut self, source: Source) {
+        self.ahead.reset();
+        self.last_load = None;
+        self.run = 0;
+        self.source = source;
     }
 
     pub fn has_txn(&self) -> bool {
@@ -176,7 +304,37 @@ impl FileCore {
         self.cur = None;
         let want = segment_len(self.len, self.seg(), index);
         let stride = self.stride();
+        if matches!(self.source, Source::Read(_)) {
+            let sequential = self.last_load.is_some_and(|l| l + 1 == index);
+            self.run = if sequential {
+                self.run.saturating_add(1)
+            } else {
+                0
+            };
+            self.last_load = Some(index);
+            if !sequential {
+                self.ahead.reset();
+            }
+            let found = self.take_ahead(index).await?;
+            if self.run >= SEQUENTIAL_RUN {
+                self.fill_ahead(index + 1).await;
+            }
+            if let Some(m) = found {
+                self.buf.resize(stride, 0);
+                if want > m {
+                    self.buf[NONCE_LEN + m..NONCE_LEN + want].fill(0);
+                }
+                self.dirty = want != m;
+                self.cur = Some(index);
+                self.cur_len = want;
+                return Ok(());
+            }
+        } else {
+            self.ahead.reset();
+            self.last_load = None;
+        }
         if index < self.stored {
+            self.drain_writes().await?;
             self.read_source(index).await?;
             let last = self.flagged.contains(&index);
             let m =
@@ -218,19 +376,23 @@ impl FileCore {
         if index >= segment_count(self.len, self.seg()) {
             return Ok(());
         }
-        // Zero segments for a gap left by growing the file.
+        let stride = self.stride();
+        // Zero segments for a gap left by growing the file (every one of them full).
         while self.stored < index {
             let j = self.stored;
-            let stride = self.stride();
-            self.zero.resize(stride, 0);
-            self.zero[NONCE_LEN..].fill(0);
-            let mut zero = std::mem::take(&mut self.zero);
-            self.crypto.seal_segment(j, false, &mut zero)?;
-            let r = self.txn()?.write_segment(j, &zero).await;
-            self.zero = zero;
-            r?;
-            self.stored = j + 1;
+            let mut zero = self.spare_segment();
+            zero.clear();
+            zero.resize(stride, 0);
+            self.queue_full(j, zero).await?;
         }
+        if !as_last && self.cur_len == self.seg() {
+            // A full segment not marked last: sealed in a batch off the runtime thread.
+            let spare = self.spare_segment();
+            let mut seg = std::mem::replace(&mut self.buf, spare);
+            seg.resize(stride, 0);
+            return self.queue_full(index, seg).await;
+        }
+        self.drain_writes().await?;
         if index + 1 < segment_count(self.len, self.seg()) && self.cur_len != self.seg() {
             // A short segment before the last would shift every later one: refuse rather
             // than store a broken file.
@@ -256,6 +418,181 @@ impl FileCore {
             self.flagged.remove(&index);
         }
         Ok(())
+    }
+
+    fn spare_segment(&mut self) -> Vec<u8> {
+        self.wb
+            .spare_segs
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.stride()))
+    }
+
+    /// Queues full segment `index` (`nonce ‖ plaintext ‖ tag`, not marked last) for sealing
+    /// in a batch. The segment counts as stored from now on; reads of it drain the queue.
+    async fn queue_full(&mut self, index: u64, seg: Vec<u8>) -> Result<()> {
+        if !self.wb.segs.is_empty() && self.wb.first + self.wb.segs.len() as u64 != index {
+            self.dispatch_writes();
+        }
+        if self.wb.segs.is_empty() {
+            self.wb.first = index;
+        }
+        self.wb.segs.push(seg);
+        if self.wb.segs.len() >= batch_segments(self.stride()) {
+            self.dispatch_writes();
+        }
+        if index >= self.stored {
+            self.stored = index + 1;
+        }
+        self.flagged.remove(&index);
+        while self.wb.jobs.len() > batches_in_flight(self.stride(), WRITE_INFLIGHT) {
+            self.complete_write().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts sealing the gathered segments on a blocking thread.
+    fn dispatch_writes(&mut self) {
+        if self.wb.segs.is_empty() {
+            return;
+        }
+        let segs = std::mem::take(&mut self.wb.segs);
+        let first = self.wb.first;
+        let crypto = self.crypto.clone();
+        let mut sealed = self.wb.spare_batches.pop().unwrap_or_default();
+        self.wb.jobs.push_back(tokio::task::spawn_blocking(move || {
+            sealed.clear();
+            for (i, s) in segs.iter().enumerate() {
+                let at = sealed.len();
+                sealed.extend_from_slice(s);
+                crypto.seal_segment(first + i as u64, false, &mut sealed[at..])?;
+            }
+            Ok(SealedBatch {
+                first,
+                sealed,
+                segs,
+            })
+        }));
+    }
+
+    /// Waits for the oldest sealing batch and writes it to the transaction.
+    async fn complete_write(&mut self) -> Result<()> {
+        let Some(job) = self.wb.jobs.pop_front() else {
+            return Ok(());
+        };
+        let batch = job.await.map_err(|e| join_error(&self.path, e))??;
+        let stride = self.stride();
+        self.txn()?
+            .write_segments(batch.first, stride, &batch.sealed)
+            .await?;
+        self.wb.spare_batches.push(batch.sealed);
+        self.wb.spare_segs.extend(batch.segs);
+        Ok(())
+    }
+
+    /// Writes every queued segment to the transaction, in order.
+    async fn drain_writes(&mut self) -> Result<()> {
+        if self.wb.is_empty() {
+            return Ok(());
+        }
+        self.dispatch_writes();
+        while !self.wb.jobs.is_empty() {
+            self.complete_write().await?;
+        }
+        Ok(())
+    }
+
+    /// The read-ahead result for segment `index`, if it was read ahead: its plaintext is
+    /// copied into the cache buffer and its length returned, or its error returned.
+    async fn take_ahead(&mut self, index: u64) -> Result<Option<usize>> {
+        while self.ahead.slots.front().is_some_and(|s| s.end() <= index) {
+            if let Some(AheadSlot::Ready(b)) = self.ahead.slots.pop_front() {
+                self.ahead.spare.push(b.buf);
+            }
+        }
+        let Some(slot) = self.ahead.slots.front_mut() else {
+            return Ok(None);
+        };
+        if let AheadSlot::Pending { first, job, .. } = slot {
+            if index < *first {
+                return Ok(None);
+            }
+            match job.await {
+                Ok(b) => *slot = AheadSlot::Ready(b),
+                Err(_) => {
+                    // The normal path reads and opens the segment itself.
+                    self.ahead.reset();
+                    self.ahead.off = true;
+                    return Ok(None);
+                }
+            }
+        }
+        let AheadSlot::Ready(b) = slot else {
+            return Ok(None);
+        };
+        let Some(i) = index.checked_sub(b.first).map(|i| i as usize) else {
+            return Ok(None);
+        };
+        let stride = self.crypto.segment_size + SEGMENT_OVERHEAD;
+        match b.results.get_mut(i).and_then(Option::take) {
+            Some(Ok(m)) => {
+                self.buf.resize(stride, 0);
+                let at = i * stride + NONCE_LEN;
+                self.buf[NONCE_LEN..NONCE_LEN + m].copy_from_slice(&b.buf[at..at + m]);
+                Ok(Some(m))
+            }
+            Some(Err(e)) => Err(e),
+            None => Ok(None),
+        }
+    }
+
+    /// Keeps up to `READ_AHEAD_BATCHES` batches of the segments from `from` on being read and
+    /// opened. The stored last segment is left to the normal path (it carries the last mark).
+    async fn fill_ahead(&mut self, from: u64) {
+        if self.ahead.off {
+            return;
+        }
+        let Source::Read(blob) = &self.source else {
+            return;
+        };
+        let limit = self.stored.saturating_sub(1);
+        let stride = self.stride();
+        let per_batch = batch_segments(stride) as u64;
+        self.ahead.next = self.ahead.next.max(from);
+        let window = batches_in_flight(stride, READ_AHEAD_BATCHES);
+        while self.ahead.slots.len() < window && self.ahead.next < limit {
+            let first = self.ahead.next;
+            let count = per_batch.min(limit - first);
+            let mut buf = self.ahead.spare.pop().unwrap_or_default();
+            if let Err(e) = blob
+                .read_full_segments(first, count, stride, &mut buf)
+                .await
+            {
+                tracing::debug!(path = %self.path, error = %e, "vfs read-ahead stopped");
+                self.ahead.off = true;
+                return;
+            }
+            let crypto = self.crypto.clone();
+            let path = self.path.clone();
+            let stored = self.stored;
+            let job = tokio::task::spawn_blocking(move || {
+                let results = buf
+                    .chunks_mut(stride)
+                    .enumerate()
+                    .map(|(i, s)| {
+                        Some(crypto.open_segment(first + i as u64, false, stored, s, &path))
+                    })
+                    .collect();
+                OpenedBatch {
+                    first,
+                    buf,
+                    results,
+                }
+            });
+            self.ahead
+                .slots
+                .push_back(AheadSlot::Pending { first, count, job });
+            self.ahead.next = first + count;
+        }
     }
 
     /// Copies from the cache when it holds the segment at `pos`.
@@ -353,6 +690,8 @@ impl FileCore {
         }
         let seg = self.seg();
         if new_len < self.len {
+            // Queued segments past the new end must not land after the truncation.
+            self.drain_writes().await?;
             self.len = new_len;
             let n = segment_count(new_len, seg);
             if self.cur.is_some_and(|c| c >= n) {
@@ -545,7 +884,7 @@ impl VfsFile {
                     .ok_or_else(|| VfsError::NotFound {
                         path: self.core.path.clone(),
                     })?;
-            self.core.source = Source::Read(blob);
+            self.core.set_source(Source::Read(blob));
         }
         Ok(())
     }
@@ -559,7 +898,7 @@ impl VfsFile {
                 .backend
                 .edit(&self.name, self.guard.token())
                 .await?;
-            self.core.source = Source::Txn(txn);
+            self.core.set_source(Source::Txn(txn));
         }
         Ok(())
     }

@@ -76,8 +76,7 @@ async fn exercise(url: &str) {
     let vfs_b = Vfs::new(&volume, backend.clone(), env.keyring.clone(), o, node_b).unwrap();
     let stale = vfs.create("fenced").await.unwrap();
     let stale_token = stale.token();
-    drop(stale);
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    stale.abort().await.unwrap();
     vfs_b.write("fenced", b"newer owner").await.unwrap();
     let header = backend
         .open("fenced")

@@ -138,7 +138,80 @@ impl BlobRead for LocalRead {
             .read_exact_at(out, off)
             .map_err(|e| VfsError::io(self.path.clone(), e))
     }
+
+    async fn read_full_segments(
+        &self,
+        first: u64,
+        count: u64,
+        stride: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        let layout = self.geo.layout.as_ref().ok_or_else(|| VfsError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other("object has no valid header"),
+        })?;
+        read_run(
+            &self.file, &self.path, layout, self.len, first, count, stride, out,
+        )
+    }
 }
+
+/// One positional read of `count` full segments from `first` on.
+#[allow(clippy::too_many_arguments)]
+fn read_run(
+    file: &File,
+    path: &str,
+    layout: &Layout,
+    file_len: u64,
+    first: u64,
+    count: u64,
+    stride: usize,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let start = layout.header_len as u64 + first * layout.stride() as u64;
+    let n = count.saturating_mul(stride as u64);
+    if stride != layout.stride() || start.saturating_add(n) > file_len {
+        return Err(VfsError::Io {
+            path: path.to_owned(),
+            source: std::io::Error::other(format!(
+                "segments {first}..{} out of range",
+                first.saturating_add(count)
+            )),
+        });
+    }
+    out.resize(n as usize, 0);
+    file.read_exact_at(out, start)
+        .map_err(|e| VfsError::io(path.to_owned(), e))
+}
+
+/// Bytes written to a transaction's file between two hints to start writing them back.
+const WRITEBACK_BYTES: u64 = 8 << 20;
+
+/// Asks the kernel to start writing the file's dirty pages to the disk now rather than at
+/// the commit's fsync, so that sealing and the disk work at the same time. Only a hint:
+/// errors are ignored (the fsync at commit reports them). At most one runs per file.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &Arc<File>, running: &Arc<std::sync::atomic::AtomicBool>) {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+    if running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let file = file.clone();
+    let running = running.clone();
+    // sync_file_range may wait for room in the device queue: keep it off the runtime thread.
+    tokio::task::spawn_blocking(move || {
+        // SAFETY: a plain system call on a descriptor that `file` keeps open for its duration;
+        // it reads and writes no memory of ours.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
+        }
+        running.store(false, Ordering::Release);
+    });
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &Arc<File>, _running: &Arc<std::sync::atomic::AtomicBool>) {}
 
 struct LocalTxn {
     file: Arc<File>,
@@ -150,9 +223,20 @@ struct LocalTxn {
     /// Segments in the temporary file, and the stored length of the last one.
     count: u64,
     last_len: usize,
+    /// Bytes written since the last writeback hint, and whether one is running.
+    unhinted: u64,
+    hinting: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LocalTxn {
+    fn wrote(&mut self, bytes: usize) {
+        self.unhinted += bytes as u64;
+        if self.unhinted >= WRITEBACK_BYTES {
+            self.unhinted = 0;
+            start_writeback(&self.file, &self.hinting);
+        }
+    }
+
     fn physical_len(&self) -> u64 {
         if self.count == 0 {
             self.layout.header_len as u64
@@ -229,6 +313,31 @@ impl BlobTxn for LocalTxn {
             self.count = index + 1;
             self.last_len = sealed.len();
         }
+        self.wrote(sealed.len());
+        Ok(())
+    }
+
+    async fn write_segments(&mut self, first: u64, stride: usize, sealed: &[u8]) -> Result<()> {
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        if first > self.count || stride != self.layout.stride() {
+            return Err(VfsError::InvalidArgument(format!(
+                "segments from {first} written past the end ({} segments) or with stride {stride}",
+                self.count
+            )));
+        }
+        let n = sealed.len().div_ceil(stride) as u64;
+        let off = self.layout.header_len as u64 + first * self.layout.stride() as u64;
+        self.file
+            .write_all_at(sealed, off)
+            .map_err(|e| VfsError::io(self.path.clone(), e))?;
+        let last = first + n - 1;
+        if last + 1 >= self.count {
+            self.count = last + 1;
+            self.last_len = sealed.len() - (n as usize - 1) * stride;
+        }
+        self.wrote(sealed.len());
         Ok(())
     }
 
@@ -360,6 +469,8 @@ impl Backend for LocalBackend {
             layout,
             count: 0,
             last_len: 0,
+            unhinted: 0,
+            hinting: Arc::default(),
         }))
     }
 
@@ -401,6 +512,8 @@ impl Backend for LocalBackend {
             layout,
             count,
             last_len,
+            unhinted: 0,
+            hinting: Arc::default(),
         }))
     }
 

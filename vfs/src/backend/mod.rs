@@ -38,6 +38,25 @@ pub trait BlobRead: Send + Sync {
     /// Reads sealed segment `index` into `out` (resized to the segment's stored length; no
     /// allocation once `out` has the capacity of a full segment).
     async fn read_segment(&self, index: u64, out: &mut Vec<u8>) -> Result<()>;
+
+    /// Reads the consecutive full segments `first .. first + count`, each `stride` bytes,
+    /// back to back into `out` (resized to `count * stride`). Backends that can read them in
+    /// one call override this; the caller never asks for the stored last segment this way.
+    async fn read_full_segments(
+        &self,
+        first: u64,
+        count: u64,
+        stride: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
+        out.clear();
+        let mut one = Vec::with_capacity(stride);
+        for i in first..first + count {
+            self.read_segment(i, &mut one).await?;
+            out.extend_from_slice(&one);
+        }
+        Ok(())
+    }
 }
 
 /// A write in progress on one object. Reads see the transaction's own writes.
@@ -47,6 +66,15 @@ pub trait BlobTxn: BlobRead {
     async fn set_header(&mut self, header: &[u8]) -> Result<()>;
     /// Writes sealed segment `index`, which is at most `segment_count()` (overwrite or append).
     async fn write_segment(&mut self, index: u64, sealed: &[u8]) -> Result<()>;
+    /// Writes consecutive segments from `first` on: `sealed` holds them back to back, each
+    /// `stride` bytes (a full segment) except perhaps the last. Backends that can write them
+    /// in one call override this.
+    async fn write_segments(&mut self, first: u64, stride: usize, sealed: &[u8]) -> Result<()> {
+        for (i, s) in sealed.chunks(stride.max(1)).enumerate() {
+            self.write_segment(first + i as u64, s).await?;
+        }
+        Ok(())
+    }
     /// Drops every segment from `count` on.
     async fn truncate_segments(&mut self, count: u64) -> Result<()>;
     /// Makes the transaction's content the object's committed content, atomically, as the

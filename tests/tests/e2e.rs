@@ -271,7 +271,10 @@ async fn three_nodes_survive_master_and_owner_kills() {
     let live: Vec<usize> = (0..3).filter(|&i| i != m).collect();
     let killed_at = Instant::now();
     c.kill(m);
-    let bound = Duration::from_millis(2 * LEASE_MS) + Duration::from_secs(15);
+    // The lease plus the re-registration window (as long as the lease), plus 4 s for the
+    // election, the polling and debug builds on a loaded machine. Measured here: 3.2 s after the
+    // master kill and 2.2 s after the owner kill, with 2 s leases.
+    let bound = Duration::from_millis(2 * LEASE_MS) + Duration::from_secs(4);
     let ok = settle(&http, &c, &live, &acked, bound).await;
     let failover = killed_at.elapsed();
     if let Err(last) = ok {

@@ -234,7 +234,8 @@ impl Cache {
             committer: Mutex::new(None),
             local_addr,
         });
-        *lock(&inner.committer) = Some(tokio::spawn(journal::run(jtable, jrx, c)));
+        *lock(&inner.committer) =
+            Some(tokio::spawn(journal::run(inner.db.clone(), jtable, jrx, c)));
         let weak = Arc::downgrade(&inner);
         let flusher = tokio::spawn(crate::flush::run(weak.clone()));
         let srv = server::spawn(listener, weak, inner.cfg.secret.as_bytes().to_vec());
@@ -288,7 +289,9 @@ impl Cache {
             });
         }
         let table = self.inner.db.define_table(def.clone()).await?;
-        let ts = Arc::new(TableState::new(def, table, opts)?);
+        let mut ts = TableState::new(def, table, opts)?;
+        ts.key_prefix = crate::keys::key_prefix(&self.inner.db_id, ts.name());
+        let ts = Arc::new(ts);
         let ts = self
             .inner
             .tables
@@ -311,12 +314,15 @@ impl Cache {
         let inner = &self.inner;
         inner.check_open()?;
         ts.check_pk(pk)?;
-        let key = inner.key(ts, pk)?;
+        let key = inner.key_string(ts, pk)?;
         if let Look::Hit(v) = inner.lookup(&key, true) {
             inc(&inner.c.hits);
             return Ok(v);
         }
-        match inner.execute(ts, key, &pk.to_vec(), &Op::Get, true).await? {
+        match inner
+            .execute(ts, key.into(), &pk.to_vec(), &Op::Get, true)
+            .await?
+        {
             Reply::Value(v) => Ok(v),
             other => Err(unexpected(&other)),
         }
@@ -438,7 +444,14 @@ impl Inner {
     }
 
     fn key(&self, ts: &TableState, pk: &[Value]) -> Result<Arc<str>> {
-        Ok(cache_key(&self.db_id, ts.name(), pk)?.into())
+        Ok(self.key_string(ts, pk)?.into())
+    }
+
+    fn key_string(&self, ts: &TableState, pk: &[Value]) -> Result<String> {
+        if ts.key_prefix.is_empty() {
+            return cache_key(&self.db_id, ts.name(), pk);
+        }
+        crate::keys::key_with_prefix(&ts.key_prefix, ts.name(), pk)
     }
 
     fn table_state(&self, name: &str) -> Result<Arc<TableState>> {
@@ -1019,7 +1032,7 @@ impl Inner {
         }
         let ts = self.table_state(&req.table).ok()?;
         ts.check_pk(&req.pk).ok()?;
-        let key = self.key(&ts, &req.pk).ok()?;
+        let key = self.key_string(&ts, &req.pk).ok()?;
         match self.lookup(&key, true) {
             Look::Hit(v) => {
                 inc(&self.c.hits);

@@ -23,6 +23,8 @@ struct Item {
     seq: u64,
     token: Token,
     guard: Arc<Guard>,
+    /// When the image was taken: writes after it are what stays dirty.
+    at: Instant,
 }
 
 enum Outcome {
@@ -31,7 +33,7 @@ enum Outcome {
     Failed(String),
 }
 
-fn snapshot(key: &Arc<str>, e: &Entry) -> Item {
+fn snapshot(key: &Arc<str>, e: &Entry, at: Instant) -> Item {
     Item {
         key: key.clone(),
         ts: e.table.clone(),
@@ -40,6 +42,7 @@ fn snapshot(key: &Arc<str>, e: &Entry) -> Item {
         seq: e.seq,
         token: e.guard.token(),
         guard: e.guard.clone(),
+        at,
     }
 }
 
@@ -131,7 +134,7 @@ impl Inner {
             }
             for (k, e) in sh.evicting.iter() {
                 if due(e) {
-                    items.push(snapshot(k, e));
+                    items.push(snapshot(k, e, now));
                 }
             }
             for k in sh.dirty.iter() {
@@ -140,7 +143,7 @@ impl Inner {
                         .dirty_since
                         .is_some_and(|t| now.saturating_duration_since(t) >= max_age);
                     if due(e) && (all || old) {
-                        items.push(snapshot(k, e));
+                        items.push(snapshot(k, e, now));
                     }
                 }
             }
@@ -170,13 +173,17 @@ impl Inner {
                         .iter()
                         .filter_map(|i| i.value.clone().map(|v| (v, i.token)))
                         .collect();
-                    let r = ts.table.put_fenced_many(&rows).await;
+                    let r = crate::batch::put_fenced_many(&self.db, &ts.table, &rows)
+                        .await
+                        .map(|w| w.results);
                     results.extend(puts.into_iter().zip(outcomes(rows.len(), r)));
                 }
                 if !dels.is_empty() {
                     let keys: Vec<(Key, Token)> =
                         dels.iter().map(|i| (i.pk.clone(), i.token)).collect();
-                    let r = ts.table.delete_fenced_many(&keys).await;
+                    let r = crate::batch::delete_fenced_many(&self.db, &ts.table, &keys)
+                        .await
+                        .map(|w| w.results);
                     results.extend(dels.into_iter().zip(outcomes(keys.len(), r)));
                 }
                 inc(&self.c.flush_batches);
@@ -225,9 +232,19 @@ impl Inner {
                     .is_some_and(|e| Arc::ptr_eq(&e.guard, &item.guard));
             match outcome {
                 Outcome::Done => {
-                    if in_lru && sh.lru.peek(&*item.key).is_some_and(|e| e.seq == item.seq) {
+                    let same = sh.lru.peek(&*item.key).is_some_and(|e| e.seq == item.seq);
+                    if in_lru && same {
                         sh.mark_clean(&item.key, &self.c);
                         forget = true;
+                    } else if in_lru {
+                        // Written again while the flush ran: the table holds everything up to
+                        // the snapshot, so the key's age restarts there (else a hot key would
+                        // be flushed again at every tick).
+                        if let Some(e) = sh.lru.peek_mut(&*item.key) {
+                            e.dirty_since = Some(item.at);
+                            e.retry_at = None;
+                            e.attempts = 0;
+                        }
                     } else if in_evicting
                         && sh
                             .evicting

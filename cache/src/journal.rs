@@ -5,7 +5,7 @@
 
 use crate::error::{CacheError, Result};
 use crate::stats::Counters;
-use keyward_dbc::{Field, FieldType, Key, Record, Table, TableDef, Value};
+use keyward_dbc::{Db, Field, FieldType, Key, Record, Table, TableDef, Value};
 use keyward_ownership::Token;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -75,7 +75,12 @@ struct PendingPut {
     image: Option<Record>,
 }
 
-pub(crate) async fn run(table: Table, mut rx: mpsc::UnboundedReceiver<JReq>, c: Arc<Counters>) {
+pub(crate) async fn run(
+    db: Db,
+    table: Table,
+    mut rx: mpsc::UnboundedReceiver<JReq>,
+    c: Arc<Counters>,
+) {
     // Latest committed put per key, so a forget for an older image never drops a newer row.
     let mut last: HashMap<Arc<str>, u64> = HashMap::new();
     let mut batch = Vec::new();
@@ -163,12 +168,16 @@ pub(crate) async fn run(table: Table, mut rx: mpsc::UnboundedReceiver<JReq>, c: 
                 items.push((row, p.token));
                 sent.push(k.clone());
             }
-            let results = if items.is_empty() {
-                Ok(Vec::new())
-            } else {
-                table.put_fenced_many(&items).await
+            let results = match crate::batch::put_fenced_many(&db, &table, &items).await {
+                Ok(w) => {
+                    c.journal_commits.fetch_add(w.commits, Ordering::Relaxed);
+                    Ok(w.results)
+                }
+                Err(e) => {
+                    c.journal_commits.fetch_add(1, Ordering::Relaxed);
+                    Err(e)
+                }
             };
-            c.journal_commits.fetch_add(1, Ordering::Relaxed);
             c.journal_rows
                 .fetch_add(items.len() as u64, Ordering::Relaxed);
             let mut outcome: HashMap<Arc<str>, std::result::Result<(), String>> = HashMap::new();
@@ -227,8 +236,11 @@ pub(crate) async fn run(table: Table, mut rx: mpsc::UnboundedReceiver<JReq>, c: 
                 .collect();
             // A failed or fenced delete leaves a row whose image the table already holds (or
             // that belongs to a newer owner): replaying it is harmless.
-            if let Err(e) = table.delete_fenced_many(&items).await {
-                tracing::debug!(error = %e, "journal cleanup failed");
+            match crate::batch::delete_fenced_many(&db, &table, &items).await {
+                Ok(w) => {
+                    c.journal_commits.fetch_add(w.commits, Ordering::Relaxed);
+                }
+                Err(e) => tracing::debug!(error = %e, "journal cleanup failed"),
             }
             for (k, (_, seq)) in forgets {
                 if last.get(&k).is_some_and(|s| *s <= seq) {

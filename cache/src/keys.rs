@@ -39,6 +39,34 @@ pub fn encode_pk(table: &str, pk: &[Value]) -> Result<String> {
     Ok(out)
 }
 
+/// `cache/<db>/<table>/`: the part of every key of a table that does not depend on the pk.
+pub(crate) fn key_prefix(db: &str, table: &str) -> String {
+    format!("cache/{db}/{}/", encode_key_part(table))
+}
+
+/// `prefix` + `<pk>`, the same text as [`cache_key`], built without the intermediate strings
+/// (the owner's read path builds one key per call).
+pub(crate) fn key_with_prefix(prefix: &str, table: &str, pk: &[Value]) -> Result<String> {
+    let mut out = String::with_capacity(prefix.len() + 24);
+    out.push_str(prefix);
+    for (i, v) in pk.iter().enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        match v {
+            // Digits and '-' never need encoding.
+            Value::I64(n) => {
+                let _ = write!(out, "{n}");
+            }
+            v => out.push_str(&encode_key_part(&part_text(table, v)?)),
+        }
+    }
+    if out.len() > keyward_ownership::MAX_KEY_BYTES {
+        keyward_ownership::validate_key(&out)?;
+    }
+    Ok(out)
+}
+
 /// `cache/<db>/<table>/<pk>`.
 pub fn cache_key(db: &str, table: &str, pk: &[Value]) -> Result<String> {
     let key = format!(
@@ -59,6 +87,12 @@ mod tests {
         let k = cache_key("d", "t", &[Value::I64(7), Value::Text("a/b".into())]).unwrap();
         assert_eq!(k, "cache/d/t/7/a%2Fb");
         assert!(cache_key("d", "t", &[Value::Null]).is_err());
+        let pk = [Value::I64(-7), Value::Text("a/b".into())];
+        assert_eq!(
+            key_with_prefix(&key_prefix("d", "t/x"), "t/x", &pk).unwrap(),
+            cache_key("d", "t/x", &pk).unwrap()
+        );
+        assert!(key_with_prefix("cache/d/t/", "t", &[Value::Text("x".repeat(2000))]).is_err());
         assert!(cache_key("d", "t", &[Value::Text("x".repeat(2000))]).is_err());
     }
 }

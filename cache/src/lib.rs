@@ -4,6 +4,7 @@
 //! commit) before they are acknowledged, then merged and flushed to the table, fenced by the
 //! key's token, so a stale owner can never overwrite a newer one.
 
+mod batch;
 mod cache;
 mod config;
 mod error;

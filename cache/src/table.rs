@@ -44,6 +44,8 @@ pub(crate) struct TableState {
     pub pk_idx: Vec<usize>,
     pub opts: TableOptions,
     pub updates: RwLock<HashMap<String, UpdateFn>>,
+    /// `cache/<db>/<table>/`, set when the table is registered with a cache.
+    pub key_prefix: String,
 }
 
 impl TableState {
@@ -71,6 +73,7 @@ impl TableState {
             pk_idx,
             opts,
             updates: RwLock::new(HashMap::new()),
+            key_prefix: String::new(),
         })
     }
 

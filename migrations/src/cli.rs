@@ -1,5 +1,6 @@
 //! The command tree shared by the `keyward-migrate` binary and `keyward migrate …`.
 
+use crate::admin::{SearchCommand, VfsCommand};
 use crate::copy::{self, CopyOptions, CopyReport, OnCopied};
 use crate::engine::{self, Plan, RunReport, Session, State, StatusReport};
 use crate::error::{MigrateError, Result};
@@ -85,6 +86,16 @@ pub enum MigrateCommand {
     },
     /// Copy tables between two databases, resumably, and compare checksums.
     Copy(CopyArgs),
+    /// Encrypted file system maintenance (`vfs rekey`).
+    Vfs {
+        #[command(subcommand)]
+        cmd: VfsCommand,
+    },
+    /// Search index maintenance (`search reindex`).
+    Search {
+        #[command(subcommand)]
+        cmd: SearchCommand,
+    },
 }
 
 #[derive(Args, Debug, Clone)]
@@ -101,6 +112,9 @@ pub struct CopyArgs {
     /// Rows per scan page and write batch.
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,
+    /// Batches written at once, each on its own connection (1 writes strictly in order).
+    #[arg(long, default_value_t = 4)]
+    pub parallel: usize,
     /// Ignore checkpoints of an earlier run and copy from the start.
     #[arg(long)]
     pub restart: bool,
@@ -178,8 +192,22 @@ pub(crate) async fn connect(url: &str) -> Result<Db> {
 
 /// Runs one command. Printing is the caller's job: see [`Outcome::render`].
 pub async fn run(args: MigrateArgs, ctx: MigrateContext) -> Result<Outcome> {
-    if let MigrateCommand::Copy(c) = &args.command {
-        return run_copy(c, args.dry_run, args.json, &ctx).await;
+    match &args.command {
+        MigrateCommand::Copy(c) => return run_copy(c, args.dry_run, args.json, &ctx).await,
+        MigrateCommand::Vfs {
+            cmd: VfsCommand::Rekey(a),
+        } => {
+            let coord = coordinator(&ctx).await?;
+            return crate::admin::run_rekey(a, args.dry_run, !args.json, coord, &ctx.cancel).await;
+        }
+        MigrateCommand::Search {
+            cmd: SearchCommand::Reindex(a),
+        } => {
+            let coord = coordinator(&ctx).await?;
+            return crate::admin::run_reindex(a, args.dry_run, !args.json, coord, &ctx.cancel)
+                .await;
+        }
+        _ => {}
     }
     let url = args.url.clone().ok_or_else(|| {
         MigrateError::Config("no database URL: pass --url or set KEYWARD_DBC__URL".into())
@@ -336,7 +364,9 @@ async fn run_schema(
                         Outcome::new("repair", &r, lines.join("\n"))
                     })
             }
-            MigrateCommand::Copy(_) => Err(MigrateError::Other("copy is handled above".into())),
+            MigrateCommand::Copy(_)
+            | MigrateCommand::Vfs { .. }
+            | MigrateCommand::Search { .. } => Err(MigrateError::Other("handled above".into())),
         }
     }
     .await;
@@ -484,9 +514,15 @@ async fn run_copy(
             "--batch-size must be between 1 and 100000".into(),
         ));
     }
+    if c.parallel == 0 || c.parallel > 64 {
+        return Err(MigrateError::Usage(
+            "--parallel must be between 1 and 64".into(),
+        ));
+    }
     let opts = CopyOptions {
         tables: c.tables.clone(),
         batch_size: c.batch_size,
+        parallel: c.parallel,
         restart: c.restart,
         verify: !c.no_verify,
         dry_run,

@@ -9,11 +9,15 @@ use crate::error::{MigrateError, Result};
 use crate::history::{now_micros, HISTORY_TABLE};
 use crate::lock::LOCK_TABLE;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use keyward_dbc::{Db, Field, FieldType, Key, Record, ScanCursor, Table, TableDef, Value};
+use keyward_dbc::{
+    Db, Field, FieldType, Key, Record, ScanCursor, ScanPage, Table, TableDef, Value,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Name of the checkpoint table kept in the target.
@@ -34,6 +38,8 @@ pub type OnCopied = Arc<dyn Fn(&CopiedBatch<'_>) + Send + Sync>;
 pub struct CopyOptions {
     pub tables: Vec<String>,
     pub batch_size: usize,
+    /// Batches written at once (each on its own pooled connection).
+    pub parallel: usize,
     pub restart: bool,
     pub verify: bool,
     pub dry_run: bool,
@@ -48,6 +54,7 @@ impl Default for CopyOptions {
         CopyOptions {
             tables: vec![],
             batch_size: 1000,
+            parallel: 4,
             restart: false,
             verify: true,
             dry_run: false,
@@ -189,20 +196,42 @@ impl TableDigest {
     }
 }
 
-/// Counts and digests a whole table by scanning it.
+/// Counts and digests a whole table by scanning it. The next page is fetched while the
+/// current one is hashed.
 pub async fn digest_table(t: &Table, page: usize) -> Result<TableDigest> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Vec<Record>>>(2);
+    let table = t.clone();
+    let scanner = tokio::spawn(async move {
+        let mut cursor: Option<ScanCursor> = None;
+        loop {
+            match table.scan(cursor.as_ref(), page).await {
+                Ok(p) => {
+                    let next = p.next;
+                    if tx.send(Ok(p.records)).await.is_err() {
+                        return;
+                    }
+                    match next {
+                        Some(c) => cursor = Some(c),
+                        None => return,
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            }
+        }
+    });
     let mut d = TableDigest::default();
-    let mut cursor: Option<ScanCursor> = None;
-    loop {
-        let p = t.scan(cursor.as_ref(), page).await?;
-        for r in &p.records {
+    while let Some(records) = rx.recv().await {
+        for r in &records? {
             d.add(r);
         }
-        match p.next {
-            Some(c) => cursor = Some(c),
-            None => return Ok(d),
-        }
     }
+    scanner
+        .await
+        .map_err(|e| MigrateError::Other(format!("digest scanner: {e}")))?;
+    Ok(d)
 }
 
 fn key_of(def: &TableDef, rec: &Record) -> Key {
@@ -318,78 +347,42 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
             },
         };
         entry.resumed_from = cp.rows;
+        // The digest of what this run read, usable only when it read the whole table.
+        let mut read_digest = None;
         if !cp.done {
-            let pb = progress_bar(opts.progress, &name, total, cp.rows);
-            let mut cursor: Option<ScanCursor> = match &cp.cursor {
-                Some(s) => Some(s.parse().map_err(|_| {
-                    MigrateError::Conflict(format!(
-                        "checkpoint of table {name} has an unreadable cursor; rerun with --restart"
-                    ))
-                })?),
-                None => None,
+            let run = TableRun {
+                name: &name,
+                def: &def,
+                source_id: &source_id,
+                src: &s_table,
+                dst: &d_table,
+                checkpoints: cp_table,
+                total,
             };
-            loop {
-                if opts.cancel.is_cancelled() {
-                    pb.abandon();
-                    return Err(MigrateError::Interrupted(format!(
-                        "copy of {name} stopped after {} rows; run the same command again to resume",
-                        cp.rows
-                    )));
-                }
-                let mut limit = opts.batch_size;
-                if let Some(b) = budget {
-                    if b == 0 {
-                        pb.abandon();
-                        return Err(MigrateError::Interrupted(format!(
-                            "copy of {name} stopped after {} rows (--stop-after-rows); run again to resume",
-                            cp.rows
-                        )));
-                    }
-                    limit = limit.min(b as usize);
-                }
-                let page = s_table.scan(cursor.as_ref(), limit).await?;
-                if !page.records.is_empty() {
-                    let results = d_table.put_many(&page.records).await?;
-                    if let Some((i, Err(e))) =
-                        results.into_iter().enumerate().find(|(_, r)| r.is_err())
-                    {
-                        return Err(MigrateError::Other(format!(
-                            "writing row {} of a batch into {name}: {e}",
-                            cp.rows + i as u64
-                        )));
-                    }
-                    if let Some(hook) = &opts.on_copied {
-                        let keys: Vec<Key> = page.records.iter().map(|r| key_of(&def, r)).collect();
-                        hook(&CopiedBatch {
-                            table: &name,
-                            keys: &keys,
-                        });
-                    }
-                }
-                let n = page.records.len() as u64;
-                cp.rows += n;
-                entry.copied_this_run += n;
-                report.rows_copied += n;
-                if let Some(b) = budget.as_mut() {
-                    *b = b.saturating_sub(n);
-                }
-                pb.inc(n);
-                cursor = page.next;
-                cp.cursor = cursor.as_ref().map(|c| c.to_string());
-                cp.done = cursor.is_none();
-                // Written after the batch: a crash in between re-copies one batch (upserts).
-                save_checkpoint(cp_table, &source_id, &name, &cp).await?;
-                if cp.done {
-                    break;
-                }
+            let (copied, digest) = run.copy(&mut cp, budget, opts).await?;
+            entry.copied_this_run = copied;
+            report.rows_copied += copied;
+            if let Some(b) = budget.as_mut() {
+                *b = b.saturating_sub(copied);
             }
-            pb.finish();
+            if !cp.done {
+                return Err(MigrateError::Interrupted(format!(
+                    "copy of {name} stopped after {} rows (--stop-after-rows); run again to resume",
+                    cp.rows
+                )));
+            }
+            if entry.resumed_from == 0 {
+                read_digest = digest;
+            }
         }
         if opts.verify {
-            let (a, b) = tokio::try_join!(
-                digest_table(&s_table, opts.batch_size.max(500)),
-                digest_table(&d_table, opts.batch_size.max(500))
-            )?;
+            let page = opts.batch_size.max(DIGEST_PAGE);
+            let (a, b) = match read_digest {
+                Some(a) => (a, digest_table(&d_table, page).await?),
+                None => {
+                    tokio::try_join!(digest_table(&s_table, page), digest_table(&d_table, page))?
+                }
+            };
             entry.source_rows = Some(a.rows);
             entry.target_rows = Some(b.rows);
             entry.source_checksum = Some(a.hex());
@@ -427,6 +420,201 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
         )));
     }
     Ok(report)
+}
+
+/// Rows per page when digesting for the final comparison (independent of the write batch).
+const DIGEST_PAGE: usize = 5000;
+/// How often the checkpoint row is rewritten while batches complete.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// The copy of one table: a reader task scans the source (and digests what it reads) ahead
+/// of the writers, up to `parallel` batches are written at once, and the checkpoint only
+/// moves past batches that completed in order, so a resumed copy never skips a row.
+struct TableRun<'a> {
+    name: &'a str,
+    def: &'a TableDef,
+    source_id: &'a str,
+    src: &'a Table,
+    dst: &'a Table,
+    checkpoints: &'a Table,
+    total: u64,
+}
+
+struct Written {
+    task: JoinHandle<Result<()>>,
+    rows: u64,
+    next: Option<ScanCursor>,
+}
+
+impl TableRun<'_> {
+    /// Copies from the checkpoint on; returns the rows copied and, when the reader went to
+    /// the end, the digest of everything it read.
+    async fn copy(
+        &self,
+        cp: &mut Checkpoint,
+        budget: Option<u64>,
+        opts: &CopyOptions,
+    ) -> Result<(u64, Option<TableDigest>)> {
+        let name = self.name;
+        let cursor: Option<ScanCursor> = match &cp.cursor {
+            Some(s) => Some(s.parse().map_err(|_| {
+                MigrateError::Conflict(format!(
+                    "checkpoint of table {name} has an unreadable cursor; rerun with --restart"
+                ))
+            })?),
+            None => None,
+        };
+        let pb = progress_bar(opts.progress, name, self.total, cp.rows);
+        let parallel = opts.parallel.max(1);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<ScanPage>>(parallel + 1);
+        let reader = tokio::spawn(read_pages(
+            self.src.clone(),
+            cursor,
+            opts.batch_size,
+            budget,
+            tx,
+        ));
+        let mut inflight: VecDeque<Written> = VecDeque::new();
+        let mut reading = true;
+        let mut copied = 0u64;
+        let mut saved_at = Instant::now();
+        let result: Result<()> = async {
+            loop {
+                if opts.cancel.is_cancelled() {
+                    return Err(MigrateError::Interrupted(format!(
+                        "copy of {name} stopped after {} rows; run the same command again to resume",
+                        cp.rows
+                    )));
+                }
+                if reading && inflight.len() < parallel {
+                    let page = tokio::select! {
+                        p = rx.recv() => p,
+                        _ = opts.cancel.cancelled() => continue,
+                    };
+                    match page {
+                        Some(Ok(page)) => inflight.push_back(self.write(page, opts)),
+                        Some(Err(e)) => return Err(e),
+                        None => reading = false,
+                    }
+                    continue;
+                }
+                let Some(w) = inflight.pop_front() else {
+                    return Ok(());
+                };
+                w.task
+                    .await
+                    .map_err(|e| MigrateError::Other(format!("copy writer of {name}: {e}")))??;
+                cp.rows += w.rows;
+                copied += w.rows;
+                pb.inc(w.rows);
+                cp.cursor = w.next.as_ref().map(|c| c.to_string());
+                cp.done = w.next.is_none();
+                // Written after the batch: a crash in between re-copies at most a few
+                // batches (the writes are upserts).
+                if cp.done || saved_at.elapsed() >= CHECKPOINT_EVERY {
+                    save_checkpoint(self.checkpoints, self.source_id, name, cp).await?;
+                    saved_at = Instant::now();
+                }
+            }
+        }
+        .await;
+        // Stopped early: the rows of batches that completed are kept in the checkpoint.
+        if result.is_err() {
+            reader.abort();
+            for w in inflight {
+                w.task.abort();
+            }
+        }
+        if !cp.done && copied > 0 {
+            save_checkpoint(self.checkpoints, self.source_id, name, cp).await?;
+        }
+        result?;
+        let digest = match reader.await {
+            Ok(d) => d,
+            Err(e) => return Err(MigrateError::Other(format!("copy reader of {name}: {e}"))),
+        };
+        if cp.done {
+            pb.finish();
+        } else {
+            pb.abandon();
+        }
+        Ok((copied, digest))
+    }
+
+    fn write(&self, page: ScanPage, opts: &CopyOptions) -> Written {
+        let rows = page.records.len() as u64;
+        let dst = self.dst.clone();
+        let def = self.def.clone();
+        let hook = opts.on_copied.clone();
+        let first = self.name.to_owned();
+        let task = tokio::spawn(async move {
+            if page.records.is_empty() {
+                return Ok(());
+            }
+            let results = dst.put_many(&page.records).await?;
+            if let Some((i, Err(e))) = results.into_iter().enumerate().find(|(_, r)| r.is_err()) {
+                return Err(MigrateError::Other(format!(
+                    "writing row {i} of a batch into {first}: {e}"
+                )));
+            }
+            if let Some(hook) = hook {
+                let keys: Vec<Key> = page.records.iter().map(|r| key_of(&def, r)).collect();
+                hook(&CopiedBatch {
+                    table: &def.name,
+                    keys: &keys,
+                });
+            }
+            Ok::<(), MigrateError>(())
+        });
+        Written {
+            task,
+            rows,
+            next: page.next,
+        }
+    }
+}
+
+/// Scans `table` from `cursor` in pages, at most `budget` rows, sending each page on; returns
+/// the digest of the rows read when it reached the end of the table.
+async fn read_pages(
+    table: Table,
+    mut cursor: Option<ScanCursor>,
+    page: usize,
+    mut budget: Option<u64>,
+    tx: tokio::sync::mpsc::Sender<Result<ScanPage>>,
+) -> Option<TableDigest> {
+    let mut digest = TableDigest::default();
+    loop {
+        let mut limit = page;
+        if let Some(b) = budget {
+            if b == 0 {
+                return None;
+            }
+            limit = limit.min(usize::try_from(b).unwrap_or(usize::MAX));
+        }
+        match table.scan(cursor.as_ref(), limit).await {
+            Ok(p) => {
+                for r in &p.records {
+                    digest.add(r);
+                }
+                if let Some(b) = budget.as_mut() {
+                    *b = b.saturating_sub(p.records.len() as u64);
+                }
+                let end = p.next.is_none();
+                cursor = p.next.clone();
+                if tx.send(Ok(p)).await.is_err() {
+                    return None;
+                }
+                if end {
+                    return Some(digest);
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return None;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -139,11 +139,12 @@ impl Executor {
                     run_each(&stmts, |s| conn.sql_one(s)).await
                 }
             }
-            ScriptBody::Cql(_) => Err(ExecFailure {
-                statement: 0,
-                message: "CQL scripts are not supported yet by this build (no CQL executor)".into(),
-                partial: false,
-            }),
+            // CQL has no transactions: each statement stands alone, and a failure after the
+            // first leaves the version dirty.
+            ScriptBody::Cql(_) => {
+                let stmts = statements(body, target);
+                run_each(&stmts, |s| conn.cql_one(s)).await
+            }
             ScriptBody::Mongo(m) => {
                 for (i, c) in m.commands.iter().enumerate() {
                     if let Err(message) = conn.mongo_command(&c.to_command()).await {
@@ -197,6 +198,30 @@ mod driver {
         Postgres(sqlx::PgPool),
         Mysql(sqlx::MySqlPool),
         Mongo(mongodb::Database),
+        Cql(Box<scylla::client::session::Session>),
+    }
+
+    /// `scylla://[user:pass@]host[:port]/keyspace`, as DBC reads it.
+    async fn open_cql(url: &str) -> Result<Conn, String> {
+        let u = url::Url::parse(url).map_err(|e| e.to_string())?;
+        let host = u.host_str().ok_or("the CQL URL names no host")?;
+        let port = u.port().unwrap_or(9042);
+        let keyspace = u.path().trim_start_matches('/').to_owned();
+        if keyspace.is_empty() {
+            return Err("the CQL URL names no keyspace (scylla://host:port/KEYSPACE)".into());
+        }
+        let mut b = scylla::client::session_builder::SessionBuilder::new()
+            .known_node(format!("{host}:{port}"))
+            .connection_timeout(std::time::Duration::from_secs(10));
+        if !u.username().is_empty() {
+            b = b.user(u.username(), u.password().unwrap_or(""));
+        }
+        let session = b.build().await.map_err(|e| redact(&e.to_string(), url))?;
+        session
+            .use_keyspace(&keyspace, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Conn::Cql(Box::new(session)))
     }
 
     pub async fn open(url: &str, target: Target) -> Result<Conn, String> {
@@ -241,7 +266,7 @@ mod driver {
                 let client = mongodb::Client::with_options(opts).map_err(|e| clean(&e))?;
                 Conn::Mongo(client.database(&name))
             }
-            Target::Cql => return Err("no CQL executor in this build".into()),
+            Target::Cql => open_cql(url).await?,
         })
     }
 
@@ -287,7 +312,7 @@ mod driver {
                 Conn::Sqlite(p) => p.close().await,
                 Conn::Postgres(p) => p.close().await,
                 Conn::Mysql(p) => p.close().await,
-                Conn::Mongo(_) => {}
+                Conn::Mongo(_) | Conn::Cql(_) => {}
             }
         }
 
@@ -296,9 +321,9 @@ mod driver {
                 Conn::Sqlite(p) => in_tx!(p, stmts),
                 Conn::Postgres(p) => in_tx!(p, stmts),
                 Conn::Mysql(p) => in_tx!(p, stmts),
-                Conn::Mongo(_) => Err(ExecFailure {
+                Conn::Mongo(_) | Conn::Cql(_) => Err(ExecFailure {
                     statement: 0,
-                    message: "SQL on MongoDB".into(),
+                    message: "SQL transaction on a database without SQL".into(),
                     partial: false,
                 }),
             }
@@ -310,9 +335,27 @@ mod driver {
                 Conn::Sqlite(p) => q().execute(p).await.map(|_| ()),
                 Conn::Postgres(p) => q().execute(p).await.map(|_| ()),
                 Conn::Mysql(p) => q().execute(p).await.map(|_| ()),
-                Conn::Mongo(_) => return Err("SQL on MongoDB".into()),
+                Conn::Mongo(_) | Conn::Cql(_) => return Err("SQL on a database without SQL".into()),
             };
             r.map_err(|e| e.to_string())
+        }
+
+        /// One CQL statement, then a wait for schema agreement so that the next statement
+        /// (and the next migration) sees the change on every node.
+        pub async fn cql_one(&self, stmt: &str) -> Result<(), String> {
+            let Conn::Cql(session) = self else {
+                return Err("CQL on a database that does not speak CQL".into());
+            };
+            let st = scylla::statement::unprepared::Statement::new(stmt.to_owned());
+            session
+                .query_unpaged(st, ())
+                .await
+                .map_err(|e| e.to_string())?;
+            session
+                .await_schema_agreement()
+                .await
+                .map_err(|e| format!("schema agreement: {e}"))?;
+            Ok(())
         }
 
         pub async fn mongo_command(&self, doc: &CommandDoc) -> Result<(), String> {

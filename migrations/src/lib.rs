@@ -3,6 +3,7 @@
 //! `migrate/<db>` that frees itself when its holder dies, and resumable table copies between
 //! backends. The `keyward-migrate` binary and `keyward migrate …` both call [`run`].
 
+pub mod admin;
 pub mod checksum;
 mod cli;
 pub mod copy;

@@ -222,3 +222,8 @@ server_tests!(TestServer::Mongodb, Flavor::Mongo, "needs mongodb", {
         copy_interrupted_and_resumed(&src, &u, "copy_items").await
     };
 });
+
+// Scylla/Cassandra: opt-in by URL (nothing here speaks CQL). The keyspace must exist.
+server_tests!(TestServer::Scylla, Flavor::Cql, "needs Scylla: set KEYWARD_TEST_SCYLLA_URL=scylla://HOST:9042/KEYSPACE", {
+    scylla_cql_up_down_round_trip => |u: String, f| async move { round_trip(&u, f).await };
+});

@@ -15,6 +15,7 @@ pub enum Flavor {
     Postgres,
     Mysql,
     Mongo,
+    Cql,
 }
 
 pub fn args(url: &str, dir: &Path, command: MigrateCommand) -> MigrateArgs {
@@ -135,6 +136,30 @@ pub fn write_basic_set(dir: &Path, flavor: Flavor, prefix: &str) {
                 "U3__tags.mongo.json",
                 &format!(r#"[{{"drop_collection": "{prefix}tags"}}]"#),
             );
+        }
+        Flavor::Cql => {
+            write(
+                dir,
+                "V1__items.cql",
+                &format!("-- the first table\ncreate table {prefix}items (id int primary key, name text);\ncreate index {prefix}items_name on {prefix}items (name);\n"),
+            );
+            write(dir, "U1__items.cql", &format!("drop table {prefix}items;"));
+            write(
+                dir,
+                "V2__seed.cql",
+                &format!("insert into {prefix}items (id, name) values (1, 'it''s; here');\ninsert into {prefix}items (id, name) values (2, 'two');"),
+            );
+            write(
+                dir,
+                "U2__seed.cql",
+                &format!("delete from {prefix}items where id in (1, 2);"),
+            );
+            write(
+                dir,
+                "V3__tags.cql",
+                &format!("create table {prefix}tags (id int primary key, tag text);"),
+            );
+            write(dir, "U3__tags.cql", &format!("drop table {prefix}tags;"));
         }
         _ => {
             let text = if flavor == Flavor::Mysql {

@@ -18,6 +18,8 @@ struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once per process: boxing the large command trees would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Run a node: ownership server, cache peer, search API, VFS volume (embedded defaults).
     Serve,

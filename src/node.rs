@@ -148,7 +148,7 @@ impl OwnershipRole {
             OwnershipRole::GroupMember
         } else if c.servers.is_empty() {
             OwnershipRole::InProcess
-        } else if c.servers.iter().any(|s| *s == c.listen) {
+        } else if c.servers.contains(&c.listen) {
             OwnershipRole::Server
         } else {
             OwnershipRole::Client

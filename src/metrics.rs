@@ -279,6 +279,19 @@ pub async fn render(view: &NodeView) -> String {
             &[("backend", &format!("{:?}", db.kind()).to_lowercase())],
             1.0,
         );
+        if let Some(p) = db.pool_stats() {
+            let help = "Open connections in the DBC pool.";
+            gauge(
+                &mut out,
+                "keyward_dbc_pool_connections",
+                help,
+                p.size as f64,
+            );
+            let help = "Idle connections in the DBC pool.";
+            gauge(&mut out, "keyward_dbc_pool_idle", help, p.idle as f64);
+            let help = "Configured connection limit of the DBC pool.";
+            gauge(&mut out, "keyward_dbc_pool_max", help, p.max as f64);
+        }
     }
     out
 }

@@ -40,6 +40,16 @@ pub struct Capabilities {
     pub secondary_indexes: bool,
 }
 
+/// A connection pool's figures at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections, idle or in use.
+    pub size: u32,
+    pub idle: u32,
+    /// The configured limit.
+    pub max: u32,
+}
+
 pub(crate) enum Backend {
     Sql {
         pool: SqlPool,
@@ -184,6 +194,24 @@ impl Db {
 
     pub fn kind(&self) -> BackendKind {
         self.inner.kind
+    }
+
+    /// Connections the pool holds right now, and how many of them are idle; `None` where the
+    /// driver keeps its pool to itself (MongoDB, Scylla). For metrics.
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        let Backend::Sql { pool, .. } = &self.inner.backend else {
+            return None;
+        };
+        let (size, idle) = match pool {
+            SqlPool::Sqlite(p) => (p.size(), p.num_idle()),
+            SqlPool::Postgres(p) => (p.size(), p.num_idle()),
+            SqlPool::Mysql(p) => (p.size(), p.num_idle()),
+        };
+        Some(PoolStats {
+            size,
+            idle: idle as u32,
+            max: self.inner.opts.max_connections,
+        })
     }
 
     pub fn capabilities(&self) -> Capabilities {

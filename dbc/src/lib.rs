@@ -14,7 +14,7 @@ pub mod testing;
 pub mod value;
 
 pub use config::{ConnectOptions, DbcConfig};
-pub use db::{BackendKind, Capabilities, Db, Table};
+pub use db::{BackendKind, Capabilities, Db, PoolStats, Table};
 pub use error::{redact_url, DbcError, Result};
 pub use mongodb::bson;
 pub use native::{ColumnInfo, Transaction};

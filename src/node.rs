@@ -273,13 +273,25 @@ impl KeywardBuilder {
         if role == OwnershipRole::GroupMember && conn.servers.is_empty() {
             conn.servers = conn.group.members.clone();
         }
-        let coordinator = match conn.connect(session, &hub).await {
-            Ok(c) => c,
-            Err(e) => {
-                if let Some(s) = ownership_server.take() {
-                    s.stop().await;
+        // Group members start in any order: until a quorum has elected a master, members
+        // answer "unavailable". Keep trying for a bounded time instead of exiting.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+        let coordinator = loop {
+            match conn.connect(session.clone(), &hub).await {
+                Ok(c) => break c,
+                Err(OwnershipError::Unavailable(why))
+                    if role != OwnershipRole::InProcess
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tracing::info!(%why, "ownership service not available yet; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
                 }
-                return Err(e.into());
+                Err(e) => {
+                    if let Some(s) = ownership_server.take() {
+                        s.stop().await;
+                    }
+                    return Err(e.into());
+                }
             }
         };
         tracing::info!(node = %coordinator.node_id(), role = role.name(), data_dir = %data_dir.display(), "ownership session open");
@@ -298,7 +310,25 @@ impl KeywardBuilder {
         };
         // From here on a failure must stop what already runs: `start_parts` leaves the node
         // consistent, and `shutdown` stops whatever was started.
-        if let Err(e) = node.start_parts(parts, cache_listener, http_listener).await {
+        // Nodes starting together on one database would race on its first CREATE TABLEs
+        // (PostgreSQL can fail a concurrent CREATE TABLE IF NOT EXISTS): parts start one node
+        // at a time, under an ownership key.
+        let startup = match node
+            .coordinator
+            .claim_wait("keyward/startup", std::time::Duration::from_secs(120))
+            .await
+        {
+            Ok(g) => g,
+            Err(e) => {
+                node.shutdown().await.ok();
+                return Err(e.into());
+            }
+        };
+        let started = node.start_parts(parts, cache_listener, http_listener).await;
+        if let Err(e) = startup.release().await {
+            tracing::warn!(error = %e, "releasing the startup key failed; it frees itself with the lease");
+        }
+        if let Err(e) = started {
             node.shutdown().await.ok();
             return Err(e);
         }

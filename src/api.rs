@@ -124,11 +124,9 @@ fn vfs_error(e: VfsError) -> Response {
     error(status, "vfs", e)
 }
 
-async fn kv_get(State(s): State<DataState>, Path(key): Path<String>) -> Response {
-    let Some(kv) = &s.kv else {
-        return not_running("the cache");
-    };
-    match kv.get(&[Value::Text(key.clone())]).await {
+/// The reply for a read or an update of one kv record: its JSON value, or 404 when absent.
+fn kv_reply(key: &str, got: Result<Option<keyward_dbc::Record>, CacheError>) -> Response {
+    match got {
         Ok(Some(rec)) => match rec.get(1) {
             Some(Value::Json(v)) => Json(json!({"key": key, "value": v})).into_response(),
             _ => error(
@@ -140,6 +138,13 @@ async fn kv_get(State(s): State<DataState>, Path(key): Path<String>) -> Response
         Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("no key {key}")),
         Err(e) => cache_error(e),
     }
+}
+
+async fn kv_get(State(s): State<DataState>, Path(key): Path<String>) -> Response {
+    let Some(kv) = &s.kv else {
+        return not_running("the cache");
+    };
+    kv_reply(&key, kv.get(&[Value::Text(key.clone())]).await)
 }
 
 async fn kv_put(State(s): State<DataState>, Path(key): Path<String>, body: Bytes) -> Response {
@@ -186,18 +191,10 @@ async fn kv_incr(State(s): State<DataState>, Path(key): Path<String>, body: Byte
     } else {
         return error(StatusCode::BAD_REQUEST, "bad_json", "expected {\"by\": n}");
     }
-    match kv.update(&[Value::Text(key.clone())], "incr", arg).await {
-        Ok(Some(rec)) => match rec.get(1) {
-            Some(Value::Json(v)) => Json(json!({"key": key, "value": v})).into_response(),
-            _ => error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "cache",
-                "malformed kv record",
-            ),
-        },
-        Ok(None) => error(StatusCode::NOT_FOUND, "not_found", format!("no key {key}")),
-        Err(e) => cache_error(e),
-    }
+    kv_reply(
+        &key,
+        kv.update(&[Value::Text(key.clone())], "incr", arg).await,
+    )
 }
 
 async fn file_get(State(s): State<DataState>, Path(path): Path<String>) -> Response {

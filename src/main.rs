@@ -88,12 +88,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// Each command's future is boxed: nested in one, the node's start-up futures are deep enough to
+/// overflow rustc's layout query depth on a clean (non-incremental) build.
 async fn run(command: Command, config: KeywardConfig) -> Result<u8, NodeError> {
     match command {
-        Command::Serve => serve(config).await,
-        Command::Status { json } => status(config, json).await,
-        Command::Vfs { command } => vfs(command, config).await,
-        Command::Migrate(args) => migrate(args, config).await,
+        Command::Serve => Box::pin(serve(config)).await,
+        Command::Status { json } => Box::pin(status(config, json)).await,
+        Command::Vfs { command } => Box::pin(vfs(command, config)).await,
+        Command::Migrate(args) => Box::pin(migrate(args, config)).await,
     }
 }
 

@@ -1,9 +1,9 @@
-//! Thin wrappers over the RustCrypto primitives the format uses: the three segment AEADs, key
-//! wrapping, HMAC-SHA256 derivations and OS randomness. Nothing here implements a primitive.
+//! Thin wrappers over the primitives the format uses: the three segment AEADs (RustCrypto's
+//! AES-GCM; libgcrypt's Twofish-GCM, see `gcrypt.rs` for why), key wrapping, HMAC-SHA256
+//! derivations and OS randomness. Nothing here implements a primitive.
 
-use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm};
+use aes_gcm::{Aes128Gcm, Aes256Gcm};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -15,10 +15,9 @@ pub const TAG_LEN: usize = 16;
 /// Bytes of data-key material in every header; AES-128-GCM uses the first 16.
 pub const DATA_KEY_LEN: usize = 32;
 
-/// GCM (NIST SP 800-38D) over Twofish-256. GCM is defined for any 128-bit block cipher and the
-/// `aes-gcm` crate's `AesGcm<C, N>` is generic over one, so this is RustCrypto's GCM and GHASH
-/// code driven by RustCrypto's Twofish: no hand-made composition.
-pub type Twofish256Gcm = AesGcm<twofish::Twofish, U12>;
+/// GCM (NIST SP 800-38D) over Twofish-256: GCM is defined for any 128-bit block cipher.
+/// libgcrypt computes it (its own GCM mode over its own Twofish): no hand-made composition.
+pub use crate::gcrypt::TwofishGcm as Twofish256Gcm;
 
 /// The segment cipher of a file, as named in config and in the header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -105,9 +104,7 @@ impl SegmentCipher {
             CipherKind::Aes128Gcm => {
                 SegmentCipher::Aes128(Box::new(Aes128Gcm::new_from_slice(k).map_err(bad)?))
             }
-            CipherKind::Twofish256Gcm => {
-                SegmentCipher::Twofish(Box::new(Twofish256Gcm::new_from_slice(k).map_err(bad)?))
-            }
+            CipherKind::Twofish256Gcm => SegmentCipher::Twofish(Box::new(Twofish256Gcm::new(k)?)),
         })
     }
 
@@ -125,9 +122,15 @@ impl SegmentCipher {
         let tag = match self {
             SegmentCipher::Aes256(c) => c.encrypt_inout_detached(n, aad, data.into()),
             SegmentCipher::Aes128(c) => c.encrypt_inout_detached(n, aad, data.into()),
-            SegmentCipher::Twofish(c) => c.encrypt_inout_detached(n, aad, data.into()),
+            SegmentCipher::Twofish(c) => {
+                return c.seal(nonce, aad, data).unwrap_or_else(|| {
+                    tracing::error!("libgcrypt failed to seal a segment; it will not verify");
+                    [0; TAG_LEN]
+                })
+            }
         };
-        // Only inputs beyond 64 GiB fail; segments are at most 16 MiB.
+        // Only inputs beyond 64 GiB fail; segments are at most 16 MiB. (A zero tag never
+        // verifies, so a failure here cannot pass as data.)
         tag.map(|t| t.into()).unwrap_or([0; TAG_LEN])
     }
 
@@ -145,7 +148,7 @@ impl SegmentCipher {
         let r = match self {
             SegmentCipher::Aes256(c) => c.decrypt_inout_detached(n, aad, data.into(), t),
             SegmentCipher::Aes128(c) => c.decrypt_inout_detached(n, aad, data.into(), t),
-            SegmentCipher::Twofish(c) => c.decrypt_inout_detached(n, aad, data.into(), t),
+            SegmentCipher::Twofish(c) => return c.open(nonce, aad, data, tag),
         };
         r.map_err(|_| AuthFailed)
     }

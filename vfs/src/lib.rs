@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod error;
 pub mod file;
 pub mod format;
+mod gcrypt;
 pub mod keys;
 pub mod path;
 pub mod rekey;

@@ -25,7 +25,7 @@ const BATCH_BYTES: usize = 1 << 20;
 const MAX_BATCH_SEGMENTS: usize = 256;
 /// Batches being sealed at once before the writer waits for the oldest: enough to keep two
 /// cores busy, few enough to bound memory to a few MiB per file.
-const WRITE_INFLIGHT: usize = 3;
+const WRITE_INFLIGHT: usize = 6;
 /// Batches a sequential reader decrypts ahead of its position.
 const READ_AHEAD_BATCHES: usize = 3;
 /// Consecutive segment loads after which a reader starts reading ahead (random reads on a

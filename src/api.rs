@@ -54,7 +54,7 @@ pub async fn kv_table(cache: &keyward_cache::Cache) -> Result<RawTable, CacheErr
         let next = now
             .checked_add(by)
             .ok_or_else(|| "incr overflows a 64-bit integer".to_string())?;
-        Ok(Some(vec![Value::Text(key), Value::Json(json!(next))]))
+        Ok(Some(vec![Value::Text(key), Value::Json(Box::new(json!(next)))]))
     });
     Ok(table)
 }
@@ -156,7 +156,7 @@ async fn kv_put(State(s): State<DataState>, Path(key): Path<String>, body: Bytes
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", e),
     };
     match kv
-        .put(vec![Value::Text(key.clone()), Value::Json(value)])
+        .put(vec![Value::Text(key.clone()), Value::Json(Box::new(value))])
         .await
     {
         Ok(()) => Json(json!({"key": key, "stored": true})).into_response(),

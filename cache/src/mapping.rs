@@ -20,7 +20,7 @@ fn from_json(def: &TableDef, field: &str, ty: FieldType, j: Json) -> Result<Valu
     let mismatch = |j: &Json| err(def, format!("field {field:?}: {j} is not a {ty:?}"));
     Ok(match (ty, j) {
         (_, Json::Null) => Value::Null,
-        (FieldType::Json, j) => Value::Json(j),
+        (FieldType::Json, j) => Value::Json(Box::new(j)),
         (FieldType::Bool, Json::Bool(b)) => Value::Bool(b),
         (FieldType::I64, Json::Number(n)) => Value::I64(
             n.as_i64()
@@ -74,7 +74,7 @@ fn to_json(v: &Value) -> Json {
         Value::Bytes(b) => Json::Array(b.iter().map(|x| Json::Number((*x).into())).collect()),
         Value::Timestamp(t) => Json::String(t.to_rfc3339_opts(SecondsFormat::Micros, true)),
         Value::Uuid(u) => Json::String(u.hyphenated().to_string()),
-        Value::Json(j) => j.clone(),
+        Value::Json(j) => (**j).clone(),
     }
 }
 

@@ -112,7 +112,7 @@ pub(crate) fn from_bson(b: &Bson, ty: FieldType, field: &str) -> Result<Value> {
             Value::Uuid(uuid::Uuid::from_slice(&x.bytes).map_err(|_| bad())?)
         }
         (FieldType::Json, Bson::String(s)) => {
-            Value::Json(serde_json::from_str(s).map_err(|_| bad())?)
+            Value::Json(Box::new(serde_json::from_str(s).map_err(|_| bad())?))
         }
         _ => return Err(bad()),
     })

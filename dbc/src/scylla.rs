@@ -86,7 +86,7 @@ fn from_cql(c: Option<&CqlValue>, ty: FieldType, field: &str) -> Result<Value> {
         }
         (FieldType::Uuid, CqlValue::Uuid(u)) => Value::Uuid(*u),
         (FieldType::Json, CqlValue::Text(s)) => {
-            Value::Json(serde_json::from_str(s).map_err(|_| bad())?)
+            Value::Json(Box::new(serde_json::from_str(s).map_err(|_| bad())?))
         }
         _ => return Err(bad()),
     })

@@ -16,7 +16,9 @@ pub enum Value {
     Bytes(Vec<u8>),
     Timestamp(DateTime<Utc>),
     Uuid(uuid::Uuid),
-    Json(serde_json::Value),
+    /// Boxed: an unboxed `serde_json::Value` (72 bytes with `preserve_order`) made every
+    /// `Value` 80 bytes, and a decoded row of 20 columns 1.6 KB.
+    Json(Box<serde_json::Value>),
 }
 
 /// The type of a field in a table definition.

@@ -157,7 +157,7 @@ fn sample_records() -> Vec<Vec<Value>> {
                 Value::Uuid(uuid::Uuid::from_u128(
                     0x0123_4567_89ab_cdef_0011_2233_4455_6677u128.wrapping_mul(n as u128 + 1),
                 )),
-                Value::Json(jsons[n].clone()),
+                Value::Json(Box::new(jsons[n].clone())),
             ]
         })
         .collect()

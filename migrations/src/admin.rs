@@ -444,7 +444,7 @@ fn to_json(v: &Value) -> Json {
         Value::Text(s) => Json::String(s.clone()),
         Value::Timestamp(t) => Json::String(t.to_rfc3339()),
         Value::Uuid(u) => Json::String(u.to_string()),
-        Value::Json(j) => j.clone(),
+        Value::Json(j) => (**j).clone(),
     }
 }
 

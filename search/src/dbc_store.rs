@@ -78,7 +78,7 @@ impl DbcStore {
 
 fn meta_of(rec: &[Value]) -> Result<IndexMeta> {
     match rec.get(1) {
-        Some(Value::Json(j)) => serde_json::from_value(j.clone())
+        Some(Value::Json(j)) => serde_json::from_value((**j).clone())
             .map_err(|e| SearchError::Storage(format!("unreadable index definition: {e}"))),
         _ => Err(SearchError::Storage(
             "catalog row without definition".into(),
@@ -94,7 +94,10 @@ fn row_of(rec: Vec<Value>) -> Result<DocRow> {
         return Err(SearchError::Storage("malformed document row".into()));
     };
     let body = match body {
-        Value::Json(Json::Object(m)) => Some(m),
+        Value::Json(j) if j.is_object() => match *j {
+            Json::Object(m) => Some(m),
+            _ => None,
+        },
         Value::Null => None,
         _ => {
             return Err(SearchError::Storage(format!(
@@ -140,7 +143,7 @@ impl Store for DbcStore {
         let json = serde_json::to_value(meta)
             .map_err(|e| SearchError::Internal(format!("index definition: {e}")))?;
         let key = [Value::Text(meta.def.name.clone())];
-        let rec = vec![Value::Text(meta.def.name.clone()), Value::Json(json)];
+        let rec = vec![Value::Text(meta.def.name.clone()), Value::Json(Box::new(json))];
         self.catalog
             .compare_and_put(&key, None, Some(&rec))
             .await
@@ -165,7 +168,7 @@ impl Store for DbcStore {
                         Value::I64(r.seq),
                         r.body
                             .as_ref()
-                            .map(|b| Value::Json(Json::Object(b.clone())))
+                            .map(|b| Value::Json(Box::new(Json::Object(b.clone()))))
                             .unwrap_or(Value::Null),
                     ],
                     token,

@@ -45,7 +45,7 @@ fn to_json(v: &Value) -> Json {
         Value::Bytes(_) => Json::Null,
         Value::Timestamp(t) => Json::String(t.to_rfc3339()),
         Value::Uuid(u) => Json::String(u.to_string()),
-        Value::Json(j) => j.clone(),
+        Value::Json(j) => (**j).clone(),
     }
 }
 

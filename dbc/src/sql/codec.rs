@@ -47,7 +47,7 @@ fn decimal_from_text(i: usize, s: &str) -> Result<Value> {
 
 fn json_from_text(i: usize, s: &str) -> Result<Value> {
     serde_json::from_str(s)
-        .map(Value::Json)
+        .map(|j| Value::Json(Box::new(j)))
         .map_err(|e| mismatch(i, FieldType::Json, e))
 }
 
@@ -245,7 +245,7 @@ pub(crate) mod postgres {
             Value::Bytes(b) => q.bind(b.as_slice()),
             Value::Timestamp(t) => q.bind(*t),
             Value::Uuid(u) => q.bind(*u),
-            Value::Json(j) => q.bind(sqlx::types::Json(j)),
+            Value::Json(j) => q.bind(sqlx::types::Json(&**j)),
         }
     }
 
@@ -272,7 +272,7 @@ pub(crate) mod postgres {
             FieldType::Bytes => opt(row.try_get(i).map_err(be)?, Value::Bytes),
             FieldType::Timestamp => opt(row.try_get(i).map_err(be)?, Value::Timestamp),
             FieldType::Uuid => opt(row.try_get(i).map_err(be)?, Value::Uuid),
-            FieldType::Json => opt(row.try_get(i).map_err(be)?, Value::Json),
+            FieldType::Json => opt(row.try_get(i).map_err(be)?, |j| Value::Json(Box::new(j))),
         })
     }
 
@@ -299,7 +299,7 @@ pub(crate) mod postgres {
                     .and_utc(),
             ),
             "UUID" => Value::Uuid(row.try_get(i).map_err(err)?),
-            "JSON" | "JSONB" => Value::Json(row.try_get(i).map_err(err)?),
+            "JSON" | "JSONB" => Value::Json(Box::new(row.try_get(i).map_err(err)?)),
             "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CHAR" => {
                 Value::Text(row.try_get(i).map_err(err)?)
             }

@@ -519,7 +519,7 @@ pub async fn make_source(url: &str, name: &str, n: i64) -> keyward_dbc::Db {
                 if i % 4 == 0 {
                     Value::Null
                 } else {
-                    Value::Json(serde_json::json!({"i": i, "tags": ["a", "b"]}))
+                    Value::Json(Box::new(serde_json::json!({"i": i, "tags": ["a", "b"]})))
                 },
             ]
         })

@@ -54,7 +54,10 @@ pub async fn kv_table(cache: &keyward_cache::Cache) -> Result<RawTable, CacheErr
         let next = now
             .checked_add(by)
             .ok_or_else(|| "incr overflows a 64-bit integer".to_string())?;
-        Ok(Some(vec![Value::Text(key), Value::Json(Box::new(json!(next)))]))
+        Ok(Some(vec![
+            Value::Text(key),
+            Value::Json(Box::new(json!(next))),
+        ]))
     });
     Ok(table)
 }

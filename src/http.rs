@@ -4,7 +4,7 @@
 
 use crate::metrics;
 use crate::node::OwnershipRole;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -66,15 +66,7 @@ impl NodeView {
         let options = self.ownership.client_options();
         let ask = crate::status::group_stats(&servers, &options);
         match tokio::time::timeout(Duration::from_secs(3), ask).await {
-            Ok(Ok(s)) => json!({
-                "mode": self.role.name(), "members": s.members, "master": s.master,
-                "epoch": s.epoch, "sessions": s.sessions, "ports": s.ports,
-                "reregistration_ms": s.reregistration_ms,
-                "nodes": s.nodes.iter().map(|n| json!({
-                    "node": n.node, "ports": n.ports, "push_channel": n.push_channel,
-                    "mode": n.mode, "lease_ms": n.lease_ms,
-                })).collect::<Vec<_>>(),
-            }),
+            Ok(Ok(s)) => crate::status::stats_json(self.role.name(), &s),
             Ok(Err(e)) => {
                 json!({"mode": self.role.name(), "members": servers, "error": e.to_string()})
             }
@@ -219,12 +211,9 @@ fn router(
 /// The node's own pages follow the search API's rule: with keys configured any of them opens
 /// them; without keys only loopback clients are served.
 async fn guard(State(g): State<Guarded>, req: Request, next: Next) -> Response {
+    use keyward_search::http::{bearer, from_loopback, key_matches};
     if g.keys.is_empty() {
-        let loopback = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|ConnectInfo(a)| a.ip().is_loopback());
-        if loopback {
+        if from_loopback(&req) {
             return next.run(req).await;
         }
         return error(
@@ -233,26 +222,14 @@ async fn guard(State(g): State<Guarded>, req: Request, next: Next) -> Response {
             "configure API keys to be served from a non-loopback address",
         );
     }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().as_bytes().to_vec());
-    let Some(given) = given else {
+    let Some(given) = bearer(req.headers()) else {
         return error(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "an API key is required (Authorization: Bearer …)",
         );
     };
-    // Every key is compared in constant time, so timing reveals no prefix.
-    let mut ok = subtle::Choice::from(0u8);
-    for k in g.keys.iter() {
-        ok |= subtle::ConstantTimeEq::ct_eq(k.as_bytes(), given.as_slice());
-    }
-    if bool::from(ok) {
+    if key_matches(given.as_bytes(), &g.keys) {
         next.run(req).await
     } else {
         error(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")

@@ -35,6 +35,20 @@ pub async fn group_stats(
     Ok(first)
 }
 
+/// The ownership section of `/cluster.json` (and of `keyward status --json`) from the
+/// group's stats.
+pub fn stats_json(mode: &str, s: &keyward_ownership::ServerStats) -> Value {
+    json!({
+        "mode": mode, "members": s.members, "master": s.master,
+        "epoch": s.epoch, "sessions": s.sessions, "ports": s.ports,
+        "reregistration_ms": s.reregistration_ms,
+        "nodes": s.nodes.iter().map(|n| json!({
+            "node": n.node, "ports": n.ports, "push_channel": n.push_channel,
+            "mode": n.mode, "lease_ms": n.lease_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
 /// The node's view as JSON, in the shape of `/cluster.json`.
 pub async fn fetch(config: &KeywardConfig) -> Result<Value, StatusError> {
     let addr = config
@@ -63,11 +77,7 @@ pub async fn fetch(config: &KeywardConfig) -> Result<Value, StatusError> {
     match tokio::time::timeout(Duration::from_secs(5), ask).await {
         Ok(Ok(s)) => Ok(json!({
             "node": null,
-            "ownership": {
-                "mode": "servers", "members": s.members, "master": s.master, "epoch": s.epoch,
-                "sessions": s.sessions, "ports": s.ports,
-                "nodes": s.nodes.iter().map(|n| json!({"node": n.node, "ports": n.ports, "push_channel": n.push_channel})).collect::<Vec<_>>(),
-            },
+            "ownership": stats_json("servers", &s),
             "cache": null, "search": null,
         })),
         Ok(Err(e)) => Err(StatusError::Nothing {

@@ -143,7 +143,10 @@ impl Store for DbcStore {
         let json = serde_json::to_value(meta)
             .map_err(|e| SearchError::Internal(format!("index definition: {e}")))?;
         let key = [Value::Text(meta.def.name.clone())];
-        let rec = vec![Value::Text(meta.def.name.clone()), Value::Json(Box::new(json))];
+        let rec = vec![
+            Value::Text(meta.def.name.clone()),
+            Value::Json(Box::new(json)),
+        ];
         self.catalog
             .compare_and_put(&key, None, Some(&rec))
             .await

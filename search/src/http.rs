@@ -187,7 +187,8 @@ async fn method_not_allowed() -> Response {
     (StatusCode::METHOD_NOT_ALLOWED, Json(body)).into_response()
 }
 
-fn key_matches(given: &[u8], keys: &[String]) -> bool {
+/// Whether `given` is one of `keys` (the node's own pages use the same check).
+pub fn key_matches(given: &[u8], keys: &[String]) -> bool {
     // Every key is compared, in constant time each, so timing shows no prefix match.
     let mut any = subtle::Choice::from(0u8);
     for k in keys {
@@ -205,11 +206,7 @@ async fn auth(State(s): State<SearchService>, req: Request, next: Next) -> Respo
     let needs_write =
         req.method() != Method::GET && req.method() != Method::HEAD && !p.ends_with("/search");
     if cfg.read_keys.is_empty() && cfg.write_keys.is_empty() {
-        let loopback = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|ConnectInfo(a)| a.ip().is_loopback());
-        if loopback {
+        if from_loopback(&req) {
             return next.run(req).await;
         }
         return SearchError::Forbidden(
@@ -233,7 +230,15 @@ async fn auth(State(s): State<SearchService>, req: Request, next: Next) -> Respo
     SearchError::Unauthorized.into_response()
 }
 
-fn bearer(h: &HeaderMap) -> Option<String> {
+/// Whether the request came from a loopback address (served without keys when none are set).
+pub fn from_loopback(req: &Request) -> bool {
+    req.extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|ConnectInfo(a)| a.ip().is_loopback())
+}
+
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(h: &HeaderMap) -> Option<String> {
     let v = h.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme

@@ -58,7 +58,9 @@ async fn documents_live_in_dbc_and_a_successor_rebuilds_from_it() {
         .unwrap();
     assert_eq!(
         rec[2],
-        Value::Json(Box::new(json!({"id": "two", "title": "数量与根据", "tags": ["x"], "year": 2011})))
+        Value::Json(Box::new(
+            json!({"id": "two", "title": "数量与根据", "tags": ["x"], "year": 2011})
+        ))
     );
 
     let before = b.search("docs", json!({"q": "数据库"})).await;
@@ -137,7 +139,10 @@ async fn an_index_is_rebuilt_from_a_dbc_table() {
                 } else {
                     format!("english article {i}")
                 }),
-                Value::Json(Box::new(json!(["imported", if i % 2 == 0 { "even" } else { "odd" }]))),
+                Value::Json(Box::new(json!([
+                    "imported",
+                    if i % 2 == 0 { "even" } else { "odd" }
+                ]))),
                 if i == 3 {
                     Value::Null
                 } else {

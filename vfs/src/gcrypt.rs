@@ -22,6 +22,8 @@ struct Handle {
     _private: [u8; 0],
 }
 type Hd = *mut Handle;
+/// `gcry_cipher_encrypt` / `gcry_cipher_decrypt`: (handle, out, out length, in, in length).
+type CryptFn = unsafe extern "C" fn(Hd, *mut c_void, usize, *const c_void, usize) -> GcryError;
 
 const GCRY_CIPHER_TWOFISH: c_int = 10;
 const GCRY_CIPHER_MODE_GCM: c_int = 9;
@@ -41,18 +43,18 @@ extern "C" {
     fn gcry_cipher_setiv(hd: Hd, iv: *const c_void, len: usize) -> GcryError;
     fn gcry_cipher_authenticate(hd: Hd, a: *const c_void, len: usize) -> GcryError;
     fn gcry_cipher_encrypt(
-        hd: Hd,
-        out: *mut c_void,
-        outlen: usize,
-        inp: *const c_void,
-        inlen: usize,
+        h: Hd,
+        o: *mut c_void,
+        ol: usize,
+        i: *const c_void,
+        il: usize,
     ) -> GcryError;
     fn gcry_cipher_decrypt(
-        hd: Hd,
-        out: *mut c_void,
-        outlen: usize,
-        inp: *const c_void,
-        inlen: usize,
+        h: Hd,
+        o: *mut c_void,
+        ol: usize,
+        i: *const c_void,
+        il: usize,
     ) -> GcryError;
     fn gcry_cipher_gettag(hd: Hd, tag: *mut c_void, len: usize) -> GcryError;
     fn gcry_cipher_checktag(hd: Hd, tag: *const c_void, len: usize) -> GcryError;
@@ -132,22 +134,17 @@ impl Keyed {
 
     /// Encrypts in place (libgcrypt's documented in-place form: no input buffer).
     fn encrypt(&mut self, data: &mut [u8]) -> bool {
-        // SAFETY: `data` is valid for writes of its length.
-        unsafe {
-            gcry_cipher_encrypt(
-                self.0,
-                data.as_mut_ptr().cast(),
-                data.len(),
-                std::ptr::null(),
-                0,
-            ) == 0
-        }
+        self.in_place(gcry_cipher_encrypt, data)
     }
 
     fn decrypt(&mut self, data: &mut [u8]) -> bool {
-        // SAFETY: as in `encrypt`.
+        self.in_place(gcry_cipher_decrypt, data)
+    }
+
+    fn in_place(&mut self, op: CryptFn, data: &mut [u8]) -> bool {
+        // SAFETY: `data` is valid for writes of its length; the handle is ours alone.
         unsafe {
-            gcry_cipher_decrypt(
+            op(
                 self.0,
                 data.as_mut_ptr().cast(),
                 data.len(),

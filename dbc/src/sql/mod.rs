@@ -2,6 +2,7 @@
 //! execution with the value codecs, the native face and the record face.
 
 pub(crate) mod codec;
+pub(crate) mod copy;
 pub(crate) mod dialect;
 pub(crate) mod native;
 pub(crate) mod table;

@@ -302,6 +302,24 @@ impl SqlTx {
         .map_err(|e| from_sqlx(kind, e))
     }
 
+    /// Runs `COPY … FROM STDIN` with `data` (PostgreSQL only); returns the rows copied.
+    pub(crate) async fn copy_in(&mut self, statement: &str, data: &[u8]) -> Result<u64> {
+        let kind = self.kind();
+        let SqlTx::Postgres(t) = self else {
+            return Err(DbcError::unsupported(kind, "COPY"));
+        };
+        let conn: &mut sqlx::PgConnection = t;
+        let mut copy = conn
+            .copy_in_raw(statement)
+            .await
+            .map_err(|e| from_sqlx(kind, e))?;
+        if let Err(e) = copy.send(data).await {
+            let _ = copy.abort("keyward: sending the rows failed").await;
+            return Err(from_sqlx(kind, e));
+        }
+        copy.finish().await.map_err(|e| from_sqlx(kind, e))
+    }
+
     pub(crate) async fn commit(self) -> Result<()> {
         let kind = self.kind();
         match self {

@@ -1,6 +1,7 @@
 //! The record face on SQL backends. Every fenced write is one atomic conditional statement
 //! (MySQL: a conditional UPDATE and an INSERT that fails on a duplicate key, each atomic).
 
+use super::copy;
 use super::dialect::{Dialect, Statements};
 use super::native::SqlTx;
 use super::SqlPool;
@@ -353,6 +354,13 @@ impl SqlTable {
         let per_row = self.types.len() + usize::from(fenced);
         let max_rows = (self.dialect.bind_limit() / per_row).max(1);
         let mut tx = timed(limit, "begin", self.pool.begin()).await?;
+        if !fenced && self.kind == BackendKind::Postgres && valid.len() >= copy::MIN_ROWS {
+            let rows = valid.iter().map(|&i| items[i].0);
+            if self.copy_rows(&mut tx, rows, valid.len(), limit).await? {
+                timed(limit, "commit", tx.commit()).await?;
+                return Ok(out);
+            }
+        }
         let mut start = 0;
         while start < valid.len() {
             let mut end = start;
@@ -375,6 +383,48 @@ impl SqlTable {
         }
         timed(limit, "commit", tx.commit()).await?;
         Ok(out)
+    }
+
+    /// Writes `n` records with `COPY` under a savepoint. `Ok(false)`: COPY declined or was
+    /// refused (a key already exists, say) and nothing of it was kept; the caller writes the
+    /// batch the usual way. A timeout or a broken connection is the transaction's error.
+    async fn copy_rows<'a>(
+        &self,
+        tx: &mut SqlTx,
+        rows: impl Iterator<Item = &'a Record>,
+        n: usize,
+        limit: Duration,
+    ) -> Result<bool> {
+        let mut data = String::new();
+        if !copy::encode(rows, &mut data) {
+            return Ok(false);
+        }
+        let d = &self.dialect;
+        let cols: Vec<String> = self
+            .layout
+            .def
+            .fields
+            .iter()
+            .map(|f| d.q(&f.name))
+            .collect();
+        let sql = format!(
+            "COPY {} ({}) FROM STDIN",
+            d.q(&self.layout.def.name),
+            cols.join(", ")
+        );
+        tx.exec_plain("SAVEPOINT kw_copy").await?;
+        match timed(limit, "copying a batch", tx.copy_in(&sql, data.as_bytes())).await {
+            Ok(copied) if copied == n as u64 => {
+                tx.exec_plain("RELEASE SAVEPOINT kw_copy").await?;
+                Ok(true)
+            }
+            Err(e @ (DbcError::Timeout { .. } | DbcError::Connection { .. })) => Err(e),
+            Ok(_) | Err(_) => {
+                tx.exec_plain("ROLLBACK TO SAVEPOINT kw_copy").await?;
+                tx.exec_plain("RELEASE SAVEPOINT kw_copy").await?;
+                Ok(false)
+            }
+        }
     }
 
     async fn write_chunk(

@@ -14,6 +14,7 @@ use crate::BackendKind;
 use futures::TryStreamExt;
 use sqlx::AssertSqlSafe;
 use std::str::FromStr;
+use std::time::Duration;
 
 #[derive(Clone, Debug)]
 pub(crate) enum SqlPool {
@@ -89,7 +90,20 @@ impl SqlPool {
                     } else {
                         pool_opts::<sqlx::Sqlite>(o)
                     };
-                    SqlPool::Sqlite(po.connect_with(opts).await.map_err(conn)?)
+                    // Two processes opening a new database at once can see SQLITE_BUSY from
+                    // the switch to WAL without the busy handler being called (SQLite returns
+                    // it at once to avoid a deadlock): retry until the connect timeout.
+                    let mut pause = Duration::from_millis(10);
+                    loop {
+                        match po.clone().connect_with(opts.clone()).await {
+                            Ok(p) => break SqlPool::Sqlite(p),
+                            Err(e) if sqlite_busy(&e) => {
+                                tokio::time::sleep(pause).await;
+                                pause = (pause * 2).min(Duration::from_millis(200));
+                            }
+                            Err(e) => return Err(conn(e)),
+                        }
+                    }
                 }
                 BackendKind::Postgres => {
                     let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(bad)?;
@@ -173,6 +187,17 @@ impl SqlPool {
             SqlPool::Postgres(p) => p.close().await,
             SqlPool::Mysql(p) => p.close().await,
         }
+    }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6), extended codes included.
+fn sqlite_busy(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
     }
 }
 

@@ -14,7 +14,9 @@ use tokio::sync::{mpsc, oneshot};
 
 const MAX_BATCH: usize = 8192;
 
-pub(crate) fn journal_def(name: &str) -> TableDef {
+/// The journal table's definition (`name` is `[cache] journal_table`); public so that tools
+/// and tests can read the journal with DBC.
+pub fn journal_def(name: &str) -> TableDef {
     TableDef {
         name: name.to_owned(),
         fields: vec![

@@ -20,6 +20,7 @@ mod table;
 pub use cache::Cache;
 pub use config::CacheConfig;
 pub use error::{CacheError, Result};
+pub use journal::journal_def;
 pub use keys::{cache_key, encode_pk};
 pub use mapping::{from_record, to_record};
 pub use peer::PeerListener;

@@ -259,17 +259,9 @@ async fn known_loss_owner_killed_by_sigkill_loses_no_acknowledged_write() {
             let tried = attempted[id as usize].load(Ordering::Relaxed);
             if got < ok {
                 let j = db
-                    .define_table(TableDef {
-                        name: "kw_cache_journal".into(),
-                        fields: vec![
-                            Field::new("key", FieldType::Text),
-                            Field::new("tbl", FieldType::Text),
-                            Field::new("present", FieldType::Bool),
-                            Field::new("image", FieldType::Text).nullable(),
-                            Field::new("seq", FieldType::I64),
-                        ],
-                        primary_key: vec!["key".into()],
-                    })
+                    .define_table(keyward_cache::journal_def(
+                        &CacheConfig::default().journal_table,
+                    ))
                     .await
                     .unwrap();
                 let rows = db

@@ -217,6 +217,10 @@ impl Contender for Copy {
             .map_err(|e| e.to_string())?;
         let m = rate(ROWS, started);
         let t = rep.tables.first().ok_or("copy reported no table")?;
+        eprintln!(
+            "  copy round {round}: {:.2} s copying, {:.2} s verifying",
+            t.copy_seconds, t.verify_seconds
+        );
         if rep.rows_copied != ROWS || t.matches != Some(true) || t.target_rows != Some(ROWS) {
             return Err(format!("copy did not copy every row intact: {rep:?}"));
         }

@@ -110,7 +110,7 @@ pub struct CopyArgs {
     #[arg(long, value_delimiter = ',')]
     pub tables: Vec<String>,
     /// Rows per scan page and write batch.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 5000)]
     pub batch_size: usize,
     /// Batches written at once, each on its own connection (1 writes strictly in order).
     #[arg(long, default_value_t = 4)]

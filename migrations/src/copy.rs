@@ -53,7 +53,7 @@ impl Default for CopyOptions {
     fn default() -> Self {
         CopyOptions {
             tables: vec![],
-            batch_size: 1000,
+            batch_size: 5000,
             parallel: 4,
             restart: false,
             verify: true,
@@ -77,6 +77,9 @@ pub struct TableCopy {
     pub source_checksum: Option<String>,
     pub target_checksum: Option<String>,
     pub matches: Option<bool>,
+    /// Seconds spent copying rows, and comparing both sides afterwards.
+    pub copy_seconds: f64,
+    pub verify_seconds: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -332,6 +335,8 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
             source_checksum: None,
             target_checksum: None,
             matches: None,
+            copy_seconds: 0.0,
+            verify_seconds: 0.0,
         };
         let Some(cp_table) = &checkpoints else {
             report.tables.push(entry);
@@ -359,7 +364,9 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
                 checkpoints: cp_table,
                 total,
             };
+            let t = Instant::now();
             let (copied, digest) = run.copy(&mut cp, budget, opts).await?;
+            entry.copy_seconds = t.elapsed().as_secs_f64();
             entry.copied_this_run = copied;
             report.rows_copied += copied;
             if let Some(b) = budget.as_mut() {
@@ -376,6 +383,7 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
             }
         }
         if opts.verify {
+            let t = Instant::now();
             let page = opts.batch_size.max(DIGEST_PAGE);
             let (a, b) = match read_digest {
                 Some(a) => (a, digest_table(&d_table, page).await?),
@@ -388,6 +396,7 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
             entry.source_checksum = Some(a.hex());
             entry.target_checksum = Some(b.hex());
             entry.matches = Some(a == b);
+            entry.verify_seconds = t.elapsed().as_secs_f64();
         }
         report.tables.push(entry);
     }

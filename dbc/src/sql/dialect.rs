@@ -424,8 +424,13 @@ impl Dialect {
         );
         let mysql_insert = format!("INSERT INTO {t} ({cols}, {tok}, {dead}) VALUES ({vals}, 0, 0)");
         let order = keys.clone();
+        // `{dead} < 1`, not `= 0`: without statistics (a table just filled, before autovacuum
+        // analyzed it) PostgreSQL guesses an equality keeps 0.5% of the rows, so a page of
+        // thousands looks like the whole table and it plans a full scan and sort for every
+        // page (130 ms per page at a million rows, against 2 ms through the key's index).
+        // It guesses a third for a range, which keeps the index. Same rows: the column is 0/1.
         let scan_first = format!(
-            "SELECT {cols} FROM {t} WHERE {dead} = 0 ORDER BY {order} LIMIT {}",
+            "SELECT {cols} FROM {t} WHERE {dead} < 1 ORDER BY {order} LIMIT {}",
             self.ph(1)
         );
         let after = if nk == 1 {
@@ -434,7 +439,7 @@ impl Dialect {
             format!("({keys}) > ({})", self.phs(1, nk).join(", "))
         };
         let scan_after = format!(
-            "SELECT {cols} FROM {t} WHERE {dead} = 0 AND {after} ORDER BY {order} LIMIT {}",
+            "SELECT {cols} FROM {t} WHERE {dead} < 1 AND {after} ORDER BY {order} LIMIT {}",
             self.ph(nk + 1)
         );
         let count = format!("SELECT COUNT(*) FROM {t} WHERE {dead} = 0");

@@ -74,7 +74,11 @@ impl SqlPool {
                     let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
                         .map_err(bad)?
                         .busy_timeout(o.call_timeout)
-                        .foreign_keys(true);
+                        .foreign_keys(true)
+                        // sqlx's SQLite worker thread hands rows over one by one through a
+                        // channel (50 by default); a deeper one lets it run ahead of the
+                        // reader instead of waking it at every row of a large scan.
+                        .row_buffer_size(1024);
                     let memory = url.contains(":memory:") || url.contains("mode=memory");
                     let opts = if memory {
                         opts

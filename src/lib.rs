@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod exit;
 mod http;
+pub mod invalidate;
 mod metrics;
 mod node;
 pub mod shutdown;

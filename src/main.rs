@@ -127,13 +127,17 @@ async fn migrate(
     config: KeywardConfig,
 ) -> Result<u8, NodeError> {
     let json = args.json;
+    let secret = config.cache.secret.clone();
     let node = Keyward::builder()
         .config(config)
         .parts(Parts::session_only())
         .build()
         .await?;
+    // `copy` writes behind the cache's back: the owners of copied keys must drop them.
+    let on_copied = keyward::invalidate::copy_hook(node.coordinator().clone(), &secret);
     let ctx = keyward::migrate::MigrateContext {
         coordinator: Some(node.coordinator().clone()),
+        on_copied: Some(on_copied),
         ..Default::default()
     };
     let cancel = ctx.cancel.clone();

@@ -23,16 +23,26 @@ use tokio_util::sync::CancellationToken;
 /// Name of the checkpoint table kept in the target.
 pub const CHECKPOINT_TABLE: &str = "keyward_copy_checkpoint";
 
-/// One batch written by `copy`: the hook receives the target table and the keys written, so
-/// that cache owners of the target can invalidate them.
+/// One batch written by `copy`: the hook receives the target database's id (DBC's
+/// `database_id()`, hyphenated), the table and the keys written, so that cache owners of the
+/// target can invalidate them.
 #[derive(Debug)]
-pub struct CopiedBatch<'a> {
-    pub table: &'a str,
-    pub keys: &'a [Key],
+pub struct CopiedBatch {
+    pub database: String,
+    pub table: String,
+    pub keys: Vec<Key>,
 }
 
-/// The hook called after each batch is written.
-pub type OnCopied = Arc<dyn Fn(&CopiedBatch<'_>) + Send + Sync>;
+/// The hook awaited after each batch is written, before the checkpoint may move past it; an
+/// error stops the copy (which a rerun resumes).
+pub type OnCopied = Arc<
+    dyn Fn(
+            CopiedBatch,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = std::result::Result<(), String>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 #[derive(Clone)]
 pub struct CopyOptions {
@@ -309,6 +319,10 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
     let started = Instant::now();
     let source_id = src.database_id().await?.to_string();
     let defs = source_tables(src, &opts.tables).await?;
+    let target_id = match &opts.on_copied {
+        Some(_) if !opts.dry_run => Some(dst.database_id().await?.hyphenated().to_string()),
+        _ => None,
+    };
     let checkpoints = if opts.dry_run {
         None
     } else {
@@ -363,6 +377,7 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
                 dst: &d_table,
                 checkpoints: cp_table,
                 total,
+                target_id: target_id.as_deref(),
             };
             let t = Instant::now();
             let (copied, digest) = run.copy(&mut cp, budget, opts).await?;
@@ -447,6 +462,8 @@ struct TableRun<'a> {
     dst: &'a Table,
     checkpoints: &'a Table,
     total: u64,
+    /// The target's database id, when a hook wants to hear of copied keys.
+    target_id: Option<&'a str>,
 }
 
 struct Written {
@@ -554,7 +571,10 @@ impl TableRun<'_> {
         let rows = page.records.len() as u64;
         let dst = self.dst.clone();
         let def = self.def.clone();
-        let hook = opts.on_copied.clone();
+        let hook = opts
+            .on_copied
+            .clone()
+            .zip(self.target_id.map(str::to_owned));
         let first = self.name.to_owned();
         let task = tokio::spawn(async move {
             if page.records.is_empty() {
@@ -566,12 +586,19 @@ impl TableRun<'_> {
                     "writing row {i} of a batch into {first}: {e}"
                 )));
             }
-            if let Some(hook) = hook {
+            if let Some((hook, database)) = hook {
                 let keys: Vec<Key> = page.records.iter().map(|r| key_of(&def, r)).collect();
-                hook(&CopiedBatch {
-                    table: &def.name,
-                    keys: &keys,
-                });
+                hook(CopiedBatch {
+                    database,
+                    table: def.name.clone(),
+                    keys,
+                })
+                .await
+                .map_err(|e| {
+                    MigrateError::Other(format!(
+                        "telling cache owners about a batch copied into {first}: {e}"
+                    ))
+                })?;
             }
             Ok::<(), MigrateError>(())
         });

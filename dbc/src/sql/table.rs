@@ -376,7 +376,7 @@ impl SqlTable {
             timed(
                 limit,
                 "writing a batch",
-                self.write_chunk(&mut tx, items, chunk, fenced, max_rows, &mut out),
+                self.write_chunk(&mut tx, items, chunk, fenced, &mut out),
             )
             .await?;
             start = end;
@@ -433,7 +433,6 @@ impl SqlTable {
         items: &[(&Record, Option<i64>)],
         chunk: &[usize],
         fenced: bool,
-        full: usize,
         out: &mut [Result<()>],
     ) -> Result<()> {
         if chunk.len() > 1 {
@@ -453,16 +452,30 @@ impl SqlTable {
                 if fenced { Multi::PutFenced } else { Multi::Put },
                 chunk.len(),
             );
-            tx.exec_plain("SAVEPOINT kw_batch").await?;
-            // Only full chunks are kept prepared: a batch's last, shorter chunk would
-            // otherwise take a slot in the connection's statement cache for nothing.
-            match tx.exec_id(&sql, &binds, chunk.len() == full).await {
+            // SQLite undoes a failed statement by itself and leaves the transaction usable
+            // (its default ABORT conflict resolution), so the savepoint PostgreSQL and MySQL
+            // need is two round trips to its worker thread for nothing. A fenced chunk that
+            // skipped rows is then redone row by row over its own written rows: the same
+            // image with the same token is accepted again, so each item's result is the same.
+            let savepoint = self.kind != BackendKind::Sqlite;
+            if savepoint {
+                tx.exec_plain("SAVEPOINT kw_batch").await?;
+            }
+            // Every chunk size is kept prepared: a caller that repeats its batch size (most
+            // do) finds the last, shorter chunk's statement prepared too; the driver's
+            // statement cache is bounded and drops the least used.
+            match tx.exec_id(&sql, &binds, true).await {
                 Ok(r) if !fenced || self.accepted(r, chunk.len()) => {
-                    return tx.exec_plain("RELEASE SAVEPOINT kw_batch").await;
+                    if savepoint {
+                        tx.exec_plain("RELEASE SAVEPOINT kw_batch").await?;
+                    }
+                    return Ok(());
                 }
                 Ok(_) | Err(_) => {
-                    tx.exec_plain("ROLLBACK TO SAVEPOINT kw_batch").await?;
-                    tx.exec_plain("RELEASE SAVEPOINT kw_batch").await?;
+                    if savepoint {
+                        tx.exec_plain("ROLLBACK TO SAVEPOINT kw_batch").await?;
+                        tx.exec_plain("RELEASE SAVEPOINT kw_batch").await?;
+                    }
                 }
             }
         }

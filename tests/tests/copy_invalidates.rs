@@ -113,3 +113,39 @@ async fn copied_keys_are_invalidated_at_their_cache_owner() {
     assert!(err.to_string().contains("cache"), "{err}");
     cache.shutdown().await.expect("shutdown");
 }
+
+/// The same path through the `keyward` binary (embedded defaults: the in-process coordinator,
+/// so nobody owns the copied keys), as an admin runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyward_migrate_copy_copies_through_the_binary() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = sqlite(dir.path(), "src.db").await;
+    let s = src.define_table(items()).await.expect("source table");
+    for (id, v) in [("a", "Grüße"), ("A", "数据库"), ("b", "plain")] {
+        s.put(&row(id, v)).await.expect("put");
+    }
+    src.close().await;
+    let from = format!("sqlite:{}", dir.path().join("src.db").display());
+    let to = format!("sqlite:{}?mode=rwc", dir.path().join("dst.db").display());
+    let out = keyward_tests::keyward()
+        .current_dir(dir.path())
+        .args(["migrate", "--json", "copy", "--from", &from, "--to", &to])
+        .args(["--tables", "items"])
+        .output()
+        .expect("run keyward");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}: {stdout} {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("\"rows_copied\":3"), "{stdout}");
+    let dst = sqlite(dir.path(), "dst.db").await;
+    let d = dst.table("items").await.expect("copied table");
+    assert_eq!(
+        d.get(&[Value::Text("A".into())]).await.expect("get"),
+        Some(row("A", "数据库"))
+    );
+    assert_eq!(d.count().await.expect("count"), 3);
+}

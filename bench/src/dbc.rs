@@ -544,6 +544,17 @@ async fn postgres(plan: Plan) -> Result<Figures, BenchError> {
 }
 
 pub async fn run(plan: Plan) -> Result<ResultLine, BenchError> {
+    // A phase lasts 40-1,000 ms, where a neighbour's burst or a WAL checkpoint moves one
+    // figure by 10-20%; a round of both sides takes a few seconds, so seven rounds cost
+    // little and give medians that repeat.
+    let plan = if plan.quick {
+        plan
+    } else {
+        Plan {
+            rounds: plan.rounds.max(7),
+            ..plan
+        }
+    };
     let lite = sqlite(plan).await?;
     let pg = match postgres(plan).await {
         Ok(f) => Some(f),

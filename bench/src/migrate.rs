@@ -100,8 +100,8 @@ fn setup(e: impl std::fmt::Display) -> BenchError {
 
 /// Builds the source file: the table is defined through DBC (so it is a record-face table
 /// `copy` can read), then filled in one transaction with raw sqlx in DBC's SQLite encodings
-/// (f64 as 8 big-endian bytes, timestamps as microseconds, decimals as text), and spot-checked
-/// through DBC.
+/// (timestamps as microseconds, decimals as text; f64 as 8 big-endian bytes, the form of files
+/// written before 2026-11-26, which DBC still reads), and spot-checked through DBC.
 async fn make_source(path: &Path) -> Result<(), BenchError> {
     let url = format!("sqlite:{}?mode=rwc", path.display());
     let db = Db::connect(&url).await.map_err(setup)?;

@@ -353,11 +353,14 @@ impl Db {
             let imp = match &self.inner.backend {
                 Backend::Sql { pool, dialect } => {
                     pool.exec(&dialect.create_table(&layout), &[]).await?;
-                    TableImpl::Sql(Box::new(SqlTable::new(
-                        pool.clone(),
-                        dialect,
-                        layout.clone(),
-                    )))
+                    let t = SqlTable::new(pool.clone(), dialect, layout.clone());
+                    let marker = format!("f64_real/{}", def_name_key(&layout.def.name));
+                    if t.needs_f64_upgrade() && self.meta_get("_kw_meta", &marker).await?.is_none()
+                    {
+                        t.upgrade_f64().await?;
+                        self.meta_put_if_absent("_kw_meta", &marker, "1").await?;
+                    }
+                    TableImpl::Sql(Box::new(t))
                 }
                 Backend::Mongo { db } => {
                     let name = layout.def.name.clone();
@@ -417,6 +420,10 @@ impl Db {
             Backend::Mongo { .. } | Backend::Scylla { .. } => {}
         }
     }
+}
+
+fn def_name_key(name: &str) -> String {
+    name.to_ascii_lowercase()
 }
 
 pub(crate) enum TableImpl {

@@ -927,3 +927,84 @@ fn handles_are_send_sync_static() {
     check::<Db>();
     check::<keyward_dbc::Table>();
 }
+
+/// SQLite files written before 2026-11-26 hold every f64 as its 8 big-endian bytes. Such a
+/// file is read as before, and its f64 values are rewritten as REAL the first time the table
+/// is defined, so that `compare_and_put` (which compares in SQL) sees one form per value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_f64_bytes_of_older_files_are_read_and_upgraded() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite:{}?mode=rwc", dir.path().join("old.db").display());
+    let db = Db::connect(&url).await.unwrap();
+    let def = TableDef {
+        name: "old_floats".into(),
+        fields: vec![
+            Field::new("k", FieldType::Text),
+            Field::new("f", FieldType::F64).nullable(),
+            Field::new("g", FieldType::F64),
+        ],
+        primary_key: vec!["k".into()],
+    };
+    db.define_table(def.clone()).await.unwrap();
+    // Make it an older file: every f64 as 8 bytes, and no upgrade marker.
+    let bytes = |x: f64| Value::Bytes(x.to_be_bytes().to_vec());
+    let rows = [
+        ("a", Some(2.5), -0.0),
+        ("b", None, f64::NAN),
+        ("c", Some(f64::INFINITY), 1e-300),
+    ];
+    for (k, f, g) in rows {
+        db.execute(
+            "INSERT INTO old_floats (k, f, g) VALUES ($1, $2, $3)",
+            &[
+                Value::Text(k.into()),
+                f.map_or(Value::Null, bytes),
+                bytes(g),
+            ],
+        )
+        .await
+        .unwrap();
+    }
+    db.execute("DELETE FROM _kw_meta WHERE name LIKE 'f64_real/%'", &[])
+        .await
+        .unwrap();
+    let forms = |db: Db| async move {
+        db.query(
+            "SELECT k, typeof(f), typeof(g) FROM old_floats ORDER BY k",
+            &[],
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(forms(db.clone()).await[0][1], Value::Text("blob".into()));
+    db.close().await;
+
+    let db = Db::connect(&url).await.unwrap();
+    let t = db.define_table(def).await.unwrap();
+    let text = |s: &str| Value::Text(s.into());
+    assert_eq!(
+        forms(db.clone()).await,
+        vec![
+            vec![text("a"), text("real"), text("real")],
+            vec![text("b"), text("null"), text("blob")], // NaN stays 8 bytes
+            vec![text("c"), text("real"), text("real")],
+        ]
+    );
+    for (k, f, g) in rows {
+        let got = t.get(&[Value::Text(k.into())]).await.unwrap().unwrap();
+        let want = [f.map_or(Value::Null, Value::F64), Value::F64(g)];
+        for (x, y) in got[1..].iter().zip(&want) {
+            match (x, y) {
+                (Value::F64(p), Value::F64(q)) => assert_eq!(p.to_bits(), q.to_bits(), "{k}"),
+                _ => assert_eq!(x, y, "{k}"),
+            }
+        }
+        // compare_and_put against the value just read succeeds, NaN included.
+        let mut new = got.clone();
+        new[1] = Value::F64(7.0);
+        assert!(t
+            .compare_and_put(&got[..1], Some(&got), Some(&new))
+            .await
+            .unwrap());
+    }
+}

@@ -1,16 +1,19 @@
 //! How each value type is stored per SQL backend, both ways.
 //!
-//! SQLite and MySQL store lossless forms where their native types are narrower: f64 as its
-//! 8 big-endian bytes (SQLite turns NaN into NULL and -0.0 into 0; MySQL has no NaN or
-//! infinities), decimals as their exact text, timestamps as microseconds since the epoch
-//! (MySQL DATETIME stops at year 9999), uuids as 16 bytes and json as text.
-//! PostgreSQL stores every type natively.
+//! SQLite and MySQL store lossless forms where their native types are narrower: decimals as
+//! their exact text, timestamps as microseconds since the epoch (MySQL DATETIME stops at year
+//! 9999), uuids as 16 bytes and json as text. MySQL stores f64 as its 8 big-endian bytes (it
+//! has no NaN or infinities). SQLite stores f64 as REAL in a column without affinity (a REAL
+//! column would store -0.0 as the integer 0), except NaN, which SQLite would turn into NULL:
+//! NaN is stored as its 8 big-endian bytes, the form SQLite files written before 2026-11-26
+//! used for every f64 and which is still read. PostgreSQL stores every type natively.
 
 use crate::error::{DbcError, Result};
 use crate::value::{FieldType, Value};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sqlx::{Row, TypeInfo, ValueRef};
+use sqlx::error::BoxDynError;
+use sqlx::{Arguments, Row, TypeInfo, ValueRef};
 
 fn mismatch(i: usize, expected: impl std::fmt::Debug, got: impl std::fmt::Display) -> DbcError {
     DbcError::TypeMismatch {
@@ -56,29 +59,59 @@ fn json_text(j: &serde_json::Value) -> String {
     serde_json::to_string(j).unwrap_or_default()
 }
 
+/// A statement with its arguments encoded up front (one growth of the argument list, not one
+/// move of the whole query per value as `Query::bind` does).
+macro_rules! query_fn {
+    () => {
+        pub(crate) fn query<'q>(sql: &str, binds: &[(&Value, FieldType)]) -> Result<Q<'q>> {
+            let mut a = Args::default();
+            a.reserve(binds.len(), 0);
+            for (n, (v, t)) in binds.iter().enumerate() {
+                add(&mut a, v, *t).map_err(|e| bind_error(n, *t, e))?;
+            }
+            Ok(sqlx::query_with(sqlx::AssertSqlSafe(sql.to_owned()), a))
+        }
+    };
+}
+
+fn bind_error(n: usize, ty: FieldType, e: BoxDynError) -> DbcError {
+    DbcError::TypeMismatch {
+        field: format!("parameter {}", n + 1),
+        expected: format!("{ty:?}"),
+        got: format!("a value the driver could not encode: {e}"),
+    }
+}
+
 /// Codec shared by SQLite and MySQL, whose lossless encodings are the same.
 macro_rules! narrow_codec {
-    ($db:ty) => {
-        pub(crate) type Q<'q> = sqlx::query::Query<'q, $db, <$db as sqlx::Database>::Arguments>;
+    ($db:ty, bind_f64: $bind_f64:path, decode_f64: $decode_f64:path) => {
+        pub(crate) type Args = <$db as sqlx::Database>::Arguments;
+        pub(crate) type Q<'q> = sqlx::query::Query<'q, $db, Args>;
 
-        pub(crate) fn bind<'q>(q: Q<'q>, v: &Value, ty: FieldType) -> Q<'q> {
+        pub(crate) fn add(
+            a: &mut Args,
+            v: &Value,
+            ty: FieldType,
+        ) -> std::result::Result<(), BoxDynError> {
             match v {
                 Value::Null => match ty {
-                    FieldType::Bool | FieldType::I64 | FieldType::Timestamp => q.bind(None::<i64>),
-                    FieldType::F64 | FieldType::Bytes | FieldType::Uuid => q.bind(None::<Vec<u8>>),
-                    _ => q.bind(None::<String>),
+                    FieldType::Bool | FieldType::I64 | FieldType::Timestamp => a.add(None::<i64>),
+                    FieldType::F64 | FieldType::Bytes | FieldType::Uuid => a.add(None::<Vec<u8>>),
+                    _ => a.add(None::<String>),
                 },
-                Value::Bool(b) => q.bind(*b),
-                Value::I64(n) => q.bind(*n),
-                Value::F64(f) => q.bind(f.to_be_bytes().to_vec()),
-                Value::Decimal(d) => q.bind(d.to_string()),
-                Value::Text(s) => q.bind(s.clone()),
-                Value::Bytes(b) => q.bind(b.clone()),
-                Value::Timestamp(t) => q.bind(t.timestamp_micros()),
-                Value::Uuid(u) => q.bind(u.as_bytes().to_vec()),
-                Value::Json(j) => q.bind(json_text(j)),
+                Value::Bool(b) => a.add(*b),
+                Value::I64(n) => a.add(*n),
+                Value::F64(f) => $bind_f64(a, *f),
+                Value::Decimal(d) => a.add(d.to_string()),
+                Value::Text(s) => a.add(s.clone()),
+                Value::Bytes(b) => a.add(b.clone()),
+                Value::Timestamp(t) => a.add(t.timestamp_micros()),
+                Value::Uuid(u) => a.add(u.as_bytes().to_vec()),
+                Value::Json(j) => a.add(json_text(j)),
             }
         }
+
+        query_fn!();
 
         pub(crate) fn decode(
             row: &<$db as sqlx::Database>::Row,
@@ -107,11 +140,8 @@ macro_rules! narrow_codec {
                     .map_err(be)?
                     .map(Value::Bytes)
                     .unwrap_or(Value::Null),
+                FieldType::F64 => $decode_f64(row, i)?,
                 // Borrowed: these decode from the row's bytes without an allocation.
-                FieldType::F64 => match row.try_get::<Option<&[u8]>, _>(i).map_err(be)? {
-                    Some(b) => f64_from_bytes(i, b)?,
-                    None => Value::Null,
-                },
                 FieldType::Uuid => match row.try_get::<Option<&[u8]>, _>(i).map_err(be)? {
                     Some(b) => uuid_from_bytes(i, b)?,
                     None => Value::Null,
@@ -131,9 +161,25 @@ macro_rules! narrow_codec {
             })
         }
 
-        /// Binds a native-face parameter by its own type.
-        pub(crate) fn bind_native<'q>(q: Q<'q>, v: &Value) -> Q<'q> {
-            bind(q, v, v.field_type().unwrap_or(FieldType::Text))
+        /// Adds a native-face parameter by its own type.
+        pub(crate) fn add_native(a: &mut Args, v: &Value) -> std::result::Result<(), BoxDynError> {
+            add(a, v, v.field_type().unwrap_or(FieldType::Text))
+        }
+    };
+}
+
+/// The f64 decoder of a column stored as 8 big-endian bytes.
+macro_rules! f64_bytes_decoder {
+    ($db:ty) => {
+        fn decode_f64_bytes(row: &<$db as sqlx::Database>::Row, i: usize) -> Result<Value> {
+            // Borrowed: decodes from the row's bytes without an allocation.
+            match row
+                .try_get::<Option<&[u8]>, _>(i)
+                .map_err(|e| mismatch(i, FieldType::F64, e))?
+            {
+                Some(b) => f64_from_bytes(i, b),
+                None => Ok(Value::Null),
+            }
         }
     };
 }
@@ -141,7 +187,32 @@ macro_rules! narrow_codec {
 pub(crate) mod sqlite {
     use super::*;
     use sqlx::Sqlite;
-    narrow_codec!(Sqlite);
+    narrow_codec!(Sqlite, bind_f64: bind_f64, decode_f64: decode_f64);
+    f64_bytes_decoder!(Sqlite);
+
+    fn bind_f64(a: &mut Args, f: f64) -> std::result::Result<(), BoxDynError> {
+        if f.is_nan() {
+            a.add(f.to_be_bytes().to_vec())
+        } else {
+            a.add(f)
+        }
+    }
+
+    /// REAL, or 8 bytes (NaN, and every f64 of files written before REAL was used).
+    fn decode_f64(row: &sqlx::sqlite::SqliteRow, i: usize) -> Result<Value> {
+        let raw = row
+            .try_get_raw(i)
+            .map_err(|e| mismatch(i, FieldType::F64, e))?;
+        if raw.is_null() {
+            return Ok(Value::Null);
+        }
+        if raw.type_info().name() == "BLOB" {
+            return decode_f64_bytes(row, i);
+        }
+        row.try_get::<f64, _>(i)
+            .map(Value::F64)
+            .map_err(|e| mismatch(i, FieldType::F64, e))
+    }
 
     /// Rows affected, and 0 for the insert id (only MySQL's is used).
     pub(crate) fn ids(r: &sqlx::sqlite::SqliteQueryResult) -> (u64, u64) {
@@ -173,7 +244,12 @@ pub(crate) mod sqlite {
 pub(crate) mod mysql {
     use super::*;
     use sqlx::MySql;
-    narrow_codec!(MySql);
+    narrow_codec!(MySql, bind_f64: bind_f64, decode_f64: decode_f64_bytes);
+    f64_bytes_decoder!(MySql);
+
+    fn bind_f64(a: &mut Args, f: f64) -> std::result::Result<(), BoxDynError> {
+        a.add(f.to_be_bytes().to_vec())
+    }
 
     /// Rows affected (matched) and the insert id the server reported.
     pub(crate) fn ids(r: &sqlx::mysql::MySqlQueryResult) -> (u64, u64) {
@@ -221,37 +297,44 @@ pub(crate) mod mysql {
 pub(crate) mod postgres {
     use super::*;
     use sqlx::Postgres;
-    pub(crate) type Q<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+    pub(crate) type Args = sqlx::postgres::PgArguments;
+    pub(crate) type Q<'q> = sqlx::query::Query<'q, Postgres, Args>;
 
-    pub(crate) fn bind<'q>(q: Q<'q>, v: &Value, ty: FieldType) -> Q<'q> {
+    pub(crate) fn add(
+        a: &mut Args,
+        v: &Value,
+        ty: FieldType,
+    ) -> std::result::Result<(), BoxDynError> {
         match v {
             Value::Null => match ty {
-                FieldType::Bool => q.bind(None::<bool>),
-                FieldType::I64 => q.bind(None::<i64>),
-                FieldType::F64 => q.bind(None::<f64>),
-                FieldType::Decimal => q.bind(None::<Decimal>),
-                FieldType::Text => q.bind(None::<String>),
-                FieldType::Bytes => q.bind(None::<Vec<u8>>),
-                FieldType::Timestamp => q.bind(None::<DateTime<Utc>>),
-                FieldType::Uuid => q.bind(None::<uuid::Uuid>),
-                FieldType::Json => q.bind(None::<serde_json::Value>),
+                FieldType::Bool => a.add(None::<bool>),
+                FieldType::I64 => a.add(None::<i64>),
+                FieldType::F64 => a.add(None::<f64>),
+                FieldType::Decimal => a.add(None::<Decimal>),
+                FieldType::Text => a.add(None::<String>),
+                FieldType::Bytes => a.add(None::<Vec<u8>>),
+                FieldType::Timestamp => a.add(None::<DateTime<Utc>>),
+                FieldType::Uuid => a.add(None::<uuid::Uuid>),
+                FieldType::Json => a.add(None::<serde_json::Value>),
             },
-            Value::Bool(b) => q.bind(*b),
-            Value::I64(n) => q.bind(*n),
-            Value::F64(f) => q.bind(*f),
-            Value::Decimal(d) => q.bind(*d),
+            Value::Bool(b) => a.add(*b),
+            Value::I64(n) => a.add(*n),
+            Value::F64(f) => a.add(*f),
+            Value::Decimal(d) => a.add(*d),
             // PostgreSQL arguments are encoded on bind, so borrowing saves a copy.
-            Value::Text(s) => q.bind(s.as_str()),
-            Value::Bytes(b) => q.bind(b.as_slice()),
-            Value::Timestamp(t) => q.bind(*t),
-            Value::Uuid(u) => q.bind(*u),
-            Value::Json(j) => q.bind(sqlx::types::Json(&**j)),
+            Value::Text(s) => a.add(s.as_str()),
+            Value::Bytes(b) => a.add(b.as_slice()),
+            Value::Timestamp(t) => a.add(*t),
+            Value::Uuid(u) => a.add(*u),
+            Value::Json(j) => a.add(sqlx::types::Json(&**j)),
         }
     }
 
-    pub(crate) fn bind_native<'q>(q: Q<'q>, v: &Value) -> Q<'q> {
-        bind(q, v, v.field_type().unwrap_or(FieldType::Text))
+    pub(crate) fn add_native(a: &mut Args, v: &Value) -> std::result::Result<(), BoxDynError> {
+        add(a, v, v.field_type().unwrap_or(FieldType::Text))
     }
+
+    query_fn!();
 
     /// Rows affected, and 0 for the insert id (only MySQL's is used).
     pub(crate) fn ids(r: &sqlx::postgres::PgQueryResult) -> (u64, u64) {

@@ -12,7 +12,6 @@ use crate::error::{from_sqlx, redact_url, DbcError, Result};
 use crate::value::{FieldType, Value};
 use crate::BackendKind;
 use futures::TryStreamExt;
-use sqlx::AssertSqlSafe;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -134,10 +133,7 @@ impl SqlPool {
     pub(crate) async fn exec(&self, sql: &str, binds: &[(&Value, FieldType)]) -> Result<u64> {
         let kind = self.kind();
         with_pool!(self, pool, codec => {
-            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
-            for (v, t) in binds {
-                q = codec::bind(q, v, *t);
-            }
+            let q = codec::query(sql, binds)?;
             q.execute(pool).await.map(|r| r.rows_affected()).map_err(|e| from_sqlx(kind, e))
         })
     }
@@ -151,10 +147,7 @@ impl SqlPool {
     ) -> Result<(u64, u64)> {
         let kind = self.kind();
         with_pool!(self, pool, codec => {
-            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
-            for (v, t) in binds {
-                q = codec::bind(q, v, *t);
-            }
+            let q = codec::query(sql, binds)?;
             q.execute(pool).await.map(|r| codec::ids(&r)).map_err(|e| from_sqlx(kind, e))
         })
     }
@@ -168,10 +161,7 @@ impl SqlPool {
     ) -> Result<Vec<Vec<Value>>> {
         let kind = self.kind();
         with_pool!(self, pool, codec => {
-            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
-            for (v, t) in binds {
-                q = codec::bind(q, v, *t);
-            }
+            let q = codec::query(sql, binds)?;
             let mut rows = q.fetch(pool);
             let mut out = Vec::new();
             while let Some(row) = rows.try_next().await.map_err(|e| from_sqlx(kind, e))? {

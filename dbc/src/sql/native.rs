@@ -98,11 +98,22 @@ pub(crate) fn rewrite(kind: BackendKind, sql: &str, nparams: usize) -> Result<Pr
 
 macro_rules! run_query {
     ($codec:ident, $prep:expr, $params:expr) => {{
-        let mut q = sqlx::query(AssertSqlSafe($prep.sql.clone()));
+        let mut a = $codec::Args::default();
+        let mut failed = None;
         for &n in &$prep.order {
-            q = $codec::bind_native(q, &$params[n]);
+            if let Err(e) = $codec::add_native(&mut a, &$params[n]) {
+                failed = Some(DbcError::TypeMismatch {
+                    field: format!("parameter {}", n + 1),
+                    expected: "a value of the value model".into(),
+                    got: format!("a value the driver could not encode: {e}"),
+                });
+                break;
+            }
         }
-        q
+        match failed {
+            None => Ok(sqlx::query_with(AssertSqlSafe($prep.sql.clone()), a)),
+            Some(e) => Err(e),
+        }
     }};
 }
 
@@ -120,7 +131,7 @@ impl SqlPool {
         let kind = self.kind();
         let prep = rewrite(kind, sql, params.len())?;
         with_pool!(self, pool, codec => {
-            run_query!(codec, prep, params)
+            run_query!(codec, prep, params)?
                 .execute(pool)
                 .await
                 .map(|r| r.rows_affected())
@@ -144,7 +155,14 @@ impl SqlPool {
         let pool = self.clone();
         tokio::spawn(async move {
             with_pool!(&pool, pool, codec => {
-                let mut rows = run_query!(codec, prep, params).fetch(pool);
+                let q = match run_query!(codec, prep, params) {
+                    Ok(q) => q,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let mut rows = q.fetch(pool);
                 loop {
                     let item = match rows.try_next().await {
                         Ok(Some(row)) => decode_row!(codec, row),
@@ -226,7 +244,7 @@ impl SqlTx {
     pub(crate) async fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         let prep = rewrite(self.kind(), sql, params.len())?;
         with_tx!(self, tx, codec, kind => {
-            run_query!(codec, prep, params)
+            run_query!(codec, prep, params)?
                 .execute(&mut **tx)
                 .await
                 .map(|r| r.rows_affected())
@@ -237,7 +255,7 @@ impl SqlTx {
     pub(crate) async fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>> {
         let prep = rewrite(self.kind(), sql, params.len())?;
         with_tx!(self, tx, codec, kind => {
-            let rows = run_query!(codec, prep, params)
+            let rows = run_query!(codec, prep, params)?
                 .fetch_all(&mut **tx)
                 .await
                 .map_err(|e| from_sqlx(kind, e))?;
@@ -254,10 +272,7 @@ impl SqlTx {
         persistent: bool,
     ) -> Result<(u64, u64)> {
         with_tx!(self, tx, codec, kind => {
-            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned())).persistent(persistent);
-            for (v, t) in binds {
-                q = codec::bind(q, v, *t);
-            }
+            let q = codec::query(sql, binds)?.persistent(persistent);
             q.execute(&mut **tx)
                 .await
                 .map(|r| codec::ids(&r))
@@ -273,10 +288,7 @@ impl SqlTx {
         types: &[FieldType],
     ) -> Result<Vec<Vec<Value>>> {
         with_tx!(self, tx, codec, kind => {
-            let mut q = sqlx::query(AssertSqlSafe(sql.to_owned()));
-            for (v, t) in binds {
-                q = codec::bind(q, v, *t);
-            }
+            let q = codec::query(sql, binds)?;
             let rows = q.fetch_all(&mut **tx).await.map_err(|e| from_sqlx(kind, e))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {

@@ -337,15 +337,20 @@ impl SqlTable {
     ) -> Result<Vec<Result<()>>> {
         let mut out = Vec::with_capacity(items.len());
         let mut valid = Vec::with_capacity(items.len());
+        let mut sizes = Vec::with_capacity(items.len());
         for (i, (rec, tok)) in items.iter().enumerate() {
             let check = self
                 .layout
-                .check_record(rec)
-                .and_then(|()| tok.map_or(Ok(()), check_token));
-            if check.is_ok() {
-                valid.push(i);
-            }
-            out.push(check);
+                .checked_size(rec)
+                .and_then(|size| tok.map_or(Ok(()), check_token).map(|()| size));
+            out.push(match check {
+                Ok(size) => {
+                    valid.push(i);
+                    sizes.push(size);
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            });
         }
         if valid.is_empty() {
             return Ok(out);
@@ -366,7 +371,7 @@ impl SqlTable {
             let mut end = start;
             let mut bytes = 0;
             while end < valid.len() && end - start < max_rows {
-                bytes += payload(items[valid[end]].0);
+                bytes += sizes[end];
                 if end > start && bytes > CHUNK_PAYLOAD_BYTES {
                     break;
                 }
@@ -621,6 +626,64 @@ impl SqlTable {
         Ok(self.layout.page(records, limit))
     }
 
+    /// Whether this is a SQLite table with f64 fields, which files written before 2026-11-26
+    /// stored as 8 bytes each (see the codec).
+    pub fn needs_f64_upgrade(&self) -> bool {
+        self.kind == BackendKind::Sqlite && self.types.contains(&FieldType::F64)
+    }
+
+    /// Rewrites the f64 values such a file stored as 8 bytes as REAL (NaN stays 8 bytes), in
+    /// pages, once per table: `compare_and_put` compares stored and expected values in SQL,
+    /// so one value must have one stored form. Idempotent, so two processes may race here.
+    pub async fn upgrade_f64(&self) -> Result<()> {
+        let d = &self.dialect;
+        let cols: Vec<String> = self
+            .layout
+            .def
+            .fields
+            .iter()
+            .filter(|f| f.ty == FieldType::F64)
+            .map(|f| d.q(&f.name))
+            .collect();
+        let old_form = cols
+            .iter()
+            .map(|c| format!("(typeof({c}) = 'blob' AND length({c}) = 8)"))
+            .collect::<Vec<_>>()
+            .join(" OR ");
+        let t = d.q(&self.layout.def.name);
+        let select = format!(
+            "SELECT rowid, {} FROM {t} WHERE rowid > ? AND ({old_form}) ORDER BY rowid LIMIT 10000",
+            cols.join(", ")
+        );
+        let set = cols
+            .iter()
+            .map(|c| format!("{c} = ?"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let update = format!("UPDATE {t} SET {set} WHERE rowid = ?");
+        let mut types = vec![FieldType::I64];
+        types.extend(std::iter::repeat_n(FieldType::F64, cols.len()));
+        let mut after = Value::I64(i64::MIN);
+        loop {
+            let rows = self
+                .pool
+                .fetch(&select, &[(&after, FieldType::I64)], &types)
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            after = last[0].clone();
+            let mut tx = self.pool.begin().await?;
+            for row in &rows {
+                let mut binds: Vec<(&Value, FieldType)> =
+                    row[1..].iter().map(|v| (v, FieldType::F64)).collect();
+                binds.push((&row[0], FieldType::I64));
+                tx.exec_id(&update, &binds, true).await?;
+            }
+            tx.commit().await?;
+        }
+    }
+
     pub async fn count(&self) -> Result<u64> {
         let rows = self
             .pool
@@ -631,17 +694,4 @@ impl SqlTable {
             _ => Err(DbcError::backend(self.kind, "COUNT(*) returned no row")),
         }
     }
-}
-
-/// Bytes of text, bytes and json a record carries (what dominates a statement's size).
-fn payload(rec: &Record) -> usize {
-    rec.iter()
-        .map(|v| match v {
-            Value::Text(s) => s.len(),
-            Value::Bytes(b) => b.len(),
-            // An estimate is enough here; the exact size was checked against the limit.
-            Value::Json(_) => 1024,
-            _ => 8,
-        })
-        .sum()
 }

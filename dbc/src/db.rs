@@ -248,7 +248,7 @@ impl Db {
         match &self.inner.backend {
             Backend::Sql { pool, dialect } => {
                 for ddl in dialect.meta_tables() {
-                    pool.exec(&ddl, &[]).await?;
+                    pool.exec_ddl(&ddl).await?;
                 }
                 Ok(())
             }
@@ -352,7 +352,7 @@ impl Db {
             let layout = Layout::new(def);
             let imp = match &self.inner.backend {
                 Backend::Sql { pool, dialect } => {
-                    pool.exec(&dialect.create_table(&layout), &[]).await?;
+                    pool.exec_ddl(&dialect.create_table(&layout)).await?;
                     let t = SqlTable::new(pool.clone(), dialect, layout.clone());
                     let marker = format!("f64_real/{}", def_name_key(&layout.def.name));
                     if t.needs_f64_upgrade() && self.meta_get("_kw_meta", &marker).await?.is_none()

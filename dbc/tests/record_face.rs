@@ -1008,3 +1008,24 @@ async fn sqlite_f64_bytes_of_older_files_are_read_and_upgraded() {
             .unwrap());
     }
 }
+
+/// `CREATE TABLE IF NOT EXISTS` is not atomic in PostgreSQL: sessions defining the same new
+/// table at once used to fail on the catalog ("type … already exists"). Each must succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres"]
+async fn postgres_concurrent_define_table() {
+    let Some(url) = server_url(TestServer::Postgres) else {
+        return;
+    };
+    let mut dbs = Vec::new();
+    for _ in 0..8 {
+        dbs.push(Db::connect(&url).await.unwrap());
+    }
+    for round in 0..30 {
+        let def = all_types_def(&unique(&format!("race_def{round}")));
+        let defs = dbs.iter().map(|db| db.define_table(def.clone()));
+        for r in futures::future::join_all(defs).await {
+            r.unwrap();
+        }
+    }
+}

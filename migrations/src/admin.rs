@@ -575,7 +575,7 @@ async fn reindex_with(
         return Ok(out);
     }
     let source = format!("{}/{}", src.database_id().await?, a.table);
-    let cps = crate::history::define_retrying(store_db, reindex_checkpoint_def()).await?;
+    let cps = store_db.define_table(reindex_checkpoint_def()).await?;
     let mut cp = match load_reindex_cp(&cps, &a.index, &source).await? {
         // An interrupted run on the same incarnation of the index: go on from its cursor.
         Some(c) if !a.restart && !c.done && c.uid == meta.uid => c,

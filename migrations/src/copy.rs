@@ -326,7 +326,7 @@ pub async fn copy_between(src: &Db, dst: &Db, opts: &CopyOptions) -> Result<Copy
     let checkpoints = if opts.dry_run {
         None
     } else {
-        Some(crate::history::define_retrying(dst, checkpoint_def()).await?)
+        Some(dst.define_table(checkpoint_def()).await?)
     };
     let mut report = CopyReport {
         dry_run: opts.dry_run,

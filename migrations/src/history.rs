@@ -84,22 +84,6 @@ fn opt_text(s: &Option<String>) -> Value {
     }
 }
 
-/// `define_table`, retried a few times: two processes creating one table at the same moment
-/// can make PostgreSQL's `CREATE TABLE IF NOT EXISTS` fail on its catalog's unique index (and
-/// the definitions table likewise), although the table is then there.
-pub async fn define_retrying(db: &Db, def: TableDef) -> Result<Table> {
-    let mut attempt = 0;
-    loop {
-        match db.define_table(def.clone()).await {
-            Err(keyward_dbc::DbcError::Constraint { .. }) if attempt < 4 => {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
-            }
-            r => return Ok(r?),
-        }
-    }
-}
-
 /// Timestamps are stored with whole microseconds (the value model refuses finer parts).
 pub fn now_micros() -> DateTime<Utc> {
     let now = Utc::now();
@@ -170,7 +154,7 @@ impl History {
     /// Opens the history table, creating it if missing.
     pub async fn open(db: &Db) -> Result<History> {
         Ok(History {
-            table: define_retrying(db, history_def()).await?,
+            table: db.define_table(history_def()).await?,
         })
     }
 

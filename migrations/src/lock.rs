@@ -8,7 +8,7 @@
 //! process that wants the lock; hosts' clocks must agree to well within the lease.
 
 use crate::error::{MigrateError, Result};
-use crate::history::{define_retrying, now_micros, whoami};
+use crate::history::{now_micros, whoami};
 use chrono::{DateTime, Utc};
 use keyward_dbc::{Db, Field, FieldType, Record, Table, TableDef, Value};
 use keyward_ownership::{Claim, Coordinator, Guard};
@@ -81,7 +81,7 @@ fn expires(r: &Record) -> Option<DateTime<Utc>> {
 
 /// The current lease holder of `migrate/<db>`, if any (without taking anything).
 pub async fn current_holder(db: &Db, key: &str) -> Result<Option<LockHolder>> {
-    let table = define_retrying(db, lock_def()).await?;
+    let table = db.define_table(lock_def()).await?;
     Ok(table
         .get(&[Value::Text(key.to_owned())])
         .await?
@@ -154,7 +154,7 @@ impl MigrationLock {
                     e => e.into(),
                 })?
         };
-        let table = define_retrying(db, lock_def()).await?;
+        let table = db.define_table(lock_def()).await?;
         let me = format!(
             "{} pid {} ({})",
             whoami(),

@@ -152,6 +152,35 @@ impl SqlPool {
         })
     }
 
+    /// Runs a `CREATE … IF NOT EXISTS`. In PostgreSQL that is not atomic: two sessions
+    /// creating the same table at once can both pass the check, and one then fails on the
+    /// catalog (duplicate type 42710, duplicate table 42P07, or a unique violation 23505 in
+    /// pg_type), as two `keyward migrate up` runs on a fresh database showed. The object
+    /// exists once the other session commits, so trying again is enough.
+    pub(crate) async fn exec_ddl(&self, sql: &str) -> Result<()> {
+        let kind = self.kind();
+        let mut pause = Duration::from_millis(10);
+        let mut attempt = 0;
+        loop {
+            let q = || sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()));
+            let r = match self {
+                SqlPool::Sqlite(p) => q().execute(p).await.map(drop),
+                SqlPool::Postgres(p) => q().execute(p).await.map(drop),
+                SqlPool::Mysql(p) => q().execute(p).await.map(drop),
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 8 && kind == BackendKind::Postgres && ddl_race(&e) => {
+                    tracing::debug!(error = %e, "concurrent CREATE, trying again");
+                    attempt += 1;
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(from_sqlx(kind, e)),
+            }
+        }
+    }
+
     /// Fetches rows decoded by the given column types.
     pub(crate) async fn fetch(
         &self,
@@ -181,6 +210,16 @@ impl SqlPool {
             SqlPool::Postgres(p) => p.close().await,
             SqlPool::Mysql(p) => p.close().await,
         }
+    }
+}
+
+/// PostgreSQL's errors of two sessions creating the same object at once.
+fn ddl_race(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| matches!(&*c, "42710" | "42P07" | "23505")),
+        _ => false,
     }
 }
 

@@ -656,8 +656,9 @@ pub fn two_concurrent_up_runs_exactly_one_applies(url: &str) {
     for (o, c) in [(&a, codes[0]), (&b, codes[1])] {
         assert!(
             c == 0 || c == 6,
-            "exit {c}: {}",
-            String::from_utf8_lossy(&o.stderr)
+            "exit {c}: {}{}",
+            String::from_utf8_lossy(&o.stderr),
+            String::from_utf8_lossy(&o.stdout)
         );
         if c == 6 {
             assert_eq!(json_of(o)["error"]["kind"], "conflict");

@@ -1029,3 +1029,39 @@ async fn postgres_concurrent_define_table() {
         }
     }
 }
+
+/// Large reads check PostgreSQL's column types once per result instead of once per value; a
+/// column whose type was changed behind DBC's back is still a typed error, never a wrong value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgres"]
+async fn postgres_column_type_changed_behind_dbc_is_a_type_error() {
+    let Some(url) = server_url(TestServer::Postgres) else {
+        return;
+    };
+    let db = Db::connect(&url).await.unwrap();
+    let name = unique("retyped");
+    let t = db.define_table(kv_def(&name)).await.unwrap();
+    let recs: Vec<_> = (0..50).map(|i| kv(&format!("k{i:02}"), i)).collect();
+    for r in t.put_many(&recs).await.unwrap() {
+        r.unwrap();
+    }
+    assert_eq!(t.scan(None, 100).await.unwrap().records, recs);
+    db.execute(
+        &format!("ALTER TABLE {name} ALTER COLUMN v TYPE TEXT USING v::text"),
+        &[],
+    )
+    .await
+    .unwrap();
+    // Fresh connections (the old ones hold statements prepared for the old type).
+    db.close().await;
+    let db = Db::connect(&url).await.unwrap();
+    let t = db.table(&name).await.unwrap();
+    for r in [
+        t.scan(None, 100).await.map(|p| p.records),
+        t.get(&[Value::Text("k07".into())])
+            .await
+            .map(|r| r.into_iter().collect()),
+    ] {
+        assert!(matches!(r, Err(DbcError::TypeMismatch { .. })), "{r:?}");
+    }
+}

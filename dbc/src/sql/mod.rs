@@ -193,10 +193,21 @@ impl SqlPool {
             let q = codec::query(sql, binds)?;
             let mut rows = q.fetch(pool);
             let mut out = Vec::new();
+            let mut trusted = false;
             while let Some(row) = rows.try_next().await.map_err(|e| from_sqlx(kind, e))? {
+                if out.is_empty() {
+                    // PostgreSQL: column types checked once; elsewhere every value is.
+                    trusted = kind == BackendKind::Postgres && codec::check_columns(&row, types).is_ok();
+                }
                 let mut rec = Vec::with_capacity(types.len());
-                for (i, t) in types.iter().enumerate() {
-                    rec.push(codec::decode(&row, i, *t)?);
+                if trusted {
+                    for (i, t) in types.iter().enumerate() {
+                        rec.push(codec::decode_trusted(&row, i, *t)?);
+                    }
+                } else {
+                    for (i, t) in types.iter().enumerate() {
+                        rec.push(codec::decode(&row, i, *t)?);
+                    }
                 }
                 out.push(rec);
             }

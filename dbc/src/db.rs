@@ -354,7 +354,7 @@ impl Db {
                 Backend::Sql { pool, dialect } => {
                     pool.exec_ddl(&dialect.create_table(&layout)).await?;
                     let t = SqlTable::new(pool.clone(), dialect, layout.clone());
-                    let marker = format!("f64_real/{}", def_name_key(&layout.def.name));
+                    let marker = format!("f64_real/{}", layout.def.name.to_ascii_lowercase());
                     if t.needs_f64_upgrade() && self.meta_get("_kw_meta", &marker).await?.is_none()
                     {
                         t.upgrade_f64().await?;
@@ -420,10 +420,6 @@ impl Db {
             Backend::Mongo { .. } | Backend::Scylla { .. } => {}
         }
     }
-}
-
-fn def_name_key(name: &str) -> String {
-    name.to_ascii_lowercase()
 }
 
 pub(crate) enum TableImpl {

@@ -122,9 +122,8 @@ pub(crate) struct Layout {
     pub def: TableDef,
     pub key_idx: Vec<usize>,
     pub rest_idx: Vec<usize>,
-    /// Per field: (type, nullable, size limit), so that checking a record of a batch of
-    /// thousands is one pass without lookups.
-    checks: Vec<(FieldType, bool, usize)>,
+    /// Per field, whether it is part of the key (checked per value of every batch record).
+    is_key: Vec<bool>,
 }
 
 impl Layout {
@@ -137,25 +136,14 @@ impl Layout {
         let rest_idx = (0..def.fields.len())
             .filter(|i| !key_idx.contains(i))
             .collect();
-        let checks = def
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                let is_key = key_idx.contains(&i);
-                let max = if is_key {
-                    MAX_KEY_PART_BYTES
-                } else {
-                    MAX_VALUE_BYTES
-                };
-                (f.ty, f.nullable && !is_key, max)
-            })
+        let is_key = (0..def.fields.len())
+            .map(|i| key_idx.contains(&i))
             .collect();
         Layout {
             def,
             key_idx,
             rest_idx,
-            checks,
+            is_key,
         }
     }
 
@@ -170,10 +158,12 @@ impl Layout {
         self.key_idx.iter().map(|&i| rec[i].clone()).collect()
     }
 
-    fn check_value(&self, idx: usize, v: &Value, is_key: bool) -> Result<()> {
+    /// Checks one value and returns about how many bytes it carries (text and bytes exactly,
+    /// 8 per scalar or null, a flat 1 KiB per json value): what batches are cut by.
+    fn check_value(&self, idx: usize, v: &Value, is_key: bool) -> Result<usize> {
         let f = &self.def.fields[idx];
         match v {
-            Value::Null if f.nullable && !is_key => return Ok(()),
+            Value::Null if f.nullable && !is_key => return Ok(8),
             Value::Null => {
                 return Err(DbcError::TypeMismatch {
                     field: format!("{}.{}", self.def.name, f.name),
@@ -190,10 +180,10 @@ impl Layout {
                 got: format!("{:?}", v.field_type()),
             });
         }
-        let size = match v {
-            Value::Text(s) => s.len(),
-            Value::Bytes(b) => b.len(),
-            Value::Json(j) => serde_json::to_string(j).map(|s| s.len()).unwrap_or(0),
+        let (size, carried) = match v {
+            Value::Text(s) => (s.len(), s.len()),
+            Value::Bytes(b) => (b.len(), b.len()),
+            Value::Json(j) => (serde_json::to_string(j).map(|s| s.len()).unwrap_or(0), 1024),
             Value::Timestamp(t) => {
                 if t.timestamp_subsec_nanos() % 1000 != 0 {
                     return Err(DbcError::invalid(format!(
@@ -201,9 +191,9 @@ impl Layout {
                         self.def.name, f.name
                     )));
                 }
-                0
+                (0, 8)
             }
-            _ => 0,
+            _ => (0, 8),
         };
         let max = if is_key {
             MAX_KEY_PART_BYTES
@@ -216,15 +206,14 @@ impl Layout {
                 self.def.name, f.name
             )));
         }
-        Ok(())
+        Ok(carried)
     }
 
     pub fn check_record(&self, rec: &Record) -> Result<()> {
         self.checked_size(rec).map(drop)
     }
 
-    /// Checks a record and returns about how many bytes it carries (text and bytes exactly,
-    /// 8 per scalar, a flat 1 KiB per json value): what batches are cut by.
+    /// Checks a record and returns about how many bytes it carries (see `check_value`).
     pub fn checked_size(&self, rec: &Record) -> Result<usize> {
         if rec.len() != self.def.fields.len() {
             return Err(DbcError::invalid(format!(
@@ -235,31 +224,8 @@ impl Layout {
             )));
         }
         let mut size = 0;
-        for (i, (v, &(ty, nullable, max))) in rec.iter().zip(&self.checks).enumerate() {
-            // The common cases inline; anything else (and every error) through check_value.
-            size += match (v, ty) {
-                (Value::I64(_), FieldType::I64)
-                | (Value::F64(_), FieldType::F64)
-                | (Value::Bool(_), FieldType::Bool)
-                | (Value::Uuid(_), FieldType::Uuid)
-                | (Value::Decimal(_), FieldType::Decimal) => 8,
-                (Value::Null, _) if nullable => 8,
-                (Value::Text(s), FieldType::Text) if s.len() <= max => s.len(),
-                (Value::Bytes(b), FieldType::Bytes) if b.len() <= max => b.len(),
-                (Value::Timestamp(t), FieldType::Timestamp)
-                    if t.timestamp_subsec_nanos() % 1000 == 0 =>
-                {
-                    8
-                }
-                _ => {
-                    self.check_value(i, v, self.key_idx.contains(&i))?;
-                    if matches!(v, Value::Json(_)) {
-                        1024
-                    } else {
-                        8
-                    }
-                }
-            };
+        for (i, (v, &is_key)) in rec.iter().zip(&self.is_key).enumerate() {
+            size += self.check_value(i, v, is_key)?;
         }
         Ok(size)
     }

@@ -85,13 +85,16 @@ async fn copied_keys_are_invalidated_at_their_cache_owner() {
         .connect(SessionConfig::default())
         .await
         .expect("migrator session");
-    let hooked = CopyOptions {
+    // Copies every row again, telling owners through `session` with the cache `secret`.
+    let hooked = |session, secret| CopyOptions {
         tables: vec!["items".into()],
         restart: true,
-        on_copied: Some(keyward::invalidate::copy_hook(migrator, SECRET)),
+        on_copied: Some(keyward::invalidate::copy_hook(session, secret)),
         ..CopyOptions::default()
     };
-    let rep = copy_between(&src, &dst, &hooked).await.expect("copy");
+    let rep = copy_between(&src, &dst, &hooked(migrator, SECRET))
+        .await
+        .expect("copy");
     assert_eq!(rep.rows_copied, 2);
     assert_eq!(t.get(&a).await.expect("get"), Some(row("a", "second copy")));
 
@@ -101,13 +104,7 @@ async fn copied_keys_are_invalidated_at_their_cache_owner() {
         .connect(SessionConfig::default())
         .await
         .expect("session");
-    let bad = CopyOptions {
-        tables: vec!["items".into()],
-        restart: true,
-        on_copied: Some(keyward::invalidate::copy_hook(wrong, "not the secret")),
-        ..CopyOptions::default()
-    };
-    let err = copy_between(&src, &dst, &bad)
+    let err = copy_between(&src, &dst, &hooked(wrong, "not the secret"))
         .await
         .expect_err("wrong secret");
     assert!(err.to_string().contains("cache"), "{err}");

@@ -113,16 +113,15 @@ macro_rules! narrow_codec {
 
         query_fn!();
 
-        /// Nothing to check per result: SQLite types each value on its own (and MySQL keeps
-        /// the per-value path too).
-        pub(crate) fn check_columns(
+        /// Never: SQLite types each value on its own (and MySQL keeps the per-value path).
+        pub(crate) fn trusts_columns(
             _row: &<$db as sqlx::Database>::Row,
             _types: &[FieldType],
-        ) -> Result<()> {
-            Err(DbcError::invalid("per-result checks are PostgreSQL's only"))
+        ) -> bool {
+            false
         }
 
-        /// As `decode` (see `check_columns`).
+        /// As `decode` (see `trusts_columns`).
         pub(crate) fn decode_trusted(
             row: &<$db as sqlx::Database>::Row,
             i: usize,
@@ -177,11 +176,6 @@ macro_rules! narrow_codec {
                     None => Value::Null,
                 },
             })
-        }
-
-        /// Adds a native-face parameter by its own type.
-        pub(crate) fn add_native(a: &mut Args, v: &Value) -> std::result::Result<(), BoxDynError> {
-            add(a, v, v.field_type().unwrap_or(FieldType::Text))
         }
     };
 }
@@ -348,10 +342,6 @@ pub(crate) mod postgres {
         }
     }
 
-    pub(crate) fn add_native(a: &mut Args, v: &Value) -> std::result::Result<(), BoxDynError> {
-        add(a, v, v.field_type().unwrap_or(FieldType::Text))
-    }
-
     query_fn!();
 
     /// Rows affected, and 0 for the insert id (only MySQL's is used).
@@ -363,7 +353,7 @@ pub(crate) mod postgres {
         decode_with(row, i, ty, false)
     }
 
-    /// As [`decode`], for a row whose columns passed [`check_columns`]: a column's type is
+    /// As [`decode`], for a row of a result that passed [`trusts_columns`]: a column's type is
     /// fixed for the whole result (PostgreSQL describes it once, before the rows), so sqlx's
     /// check of every value (a tenth of a large scan's decoding) is the same check again.
     /// Values are still decoded by sqlx, which checks their lengths.
@@ -375,36 +365,26 @@ pub(crate) mod postgres {
         decode_with(row, i, ty, true)
     }
 
-    /// Checks once per result that each column has the type `types` expects (what sqlx
-    /// checks per non-null value).
-    pub(crate) fn check_columns(row: &sqlx::postgres::PgRow, types: &[FieldType]) -> Result<()> {
+    /// Whether each column of a result has the type `types` expects (what sqlx checks per
+    /// non-null value), checked once on its first row.
+    pub(crate) fn trusts_columns(row: &sqlx::postgres::PgRow, types: &[FieldType]) -> bool {
         use sqlx::{Column, Type};
         let cols = row.columns();
-        if cols.len() < types.len() {
-            return Err(DbcError::TypeMismatch {
-                field: "row".into(),
-                expected: format!("{} columns", types.len()),
-                got: format!("{} columns", cols.len()),
-            });
-        }
-        for (i, (c, ty)) in cols.iter().zip(types).enumerate() {
-            let ti = c.type_info();
-            let ok = match ty {
-                FieldType::Bool => <bool as Type<Postgres>>::compatible(ti),
-                FieldType::I64 => <i64 as Type<Postgres>>::compatible(ti),
-                FieldType::F64 => <f64 as Type<Postgres>>::compatible(ti),
-                FieldType::Decimal => <Decimal as Type<Postgres>>::compatible(ti),
-                FieldType::Text => <String as Type<Postgres>>::compatible(ti),
-                FieldType::Bytes => <Vec<u8> as Type<Postgres>>::compatible(ti),
-                FieldType::Timestamp => <DateTime<Utc> as Type<Postgres>>::compatible(ti),
-                FieldType::Uuid => <uuid::Uuid as Type<Postgres>>::compatible(ti),
-                FieldType::Json => <serde_json::Value as Type<Postgres>>::compatible(ti),
-            };
-            if !ok {
-                return Err(mismatch(i, ty, ti));
-            }
-        }
-        Ok(())
+        cols.len() >= types.len()
+            && cols.iter().zip(types).all(|(c, ty)| {
+                let ti = c.type_info();
+                match ty {
+                    FieldType::Bool => <bool as Type<Postgres>>::compatible(ti),
+                    FieldType::I64 => <i64 as Type<Postgres>>::compatible(ti),
+                    FieldType::F64 => <f64 as Type<Postgres>>::compatible(ti),
+                    FieldType::Decimal => <Decimal as Type<Postgres>>::compatible(ti),
+                    FieldType::Text => <String as Type<Postgres>>::compatible(ti),
+                    FieldType::Bytes => <Vec<u8> as Type<Postgres>>::compatible(ti),
+                    FieldType::Timestamp => <DateTime<Utc> as Type<Postgres>>::compatible(ti),
+                    FieldType::Uuid => <uuid::Uuid as Type<Postgres>>::compatible(ti),
+                    FieldType::Json => <serde_json::Value as Type<Postgres>>::compatible(ti),
+                }
+            })
     }
 
     fn decode_with(

@@ -4,6 +4,7 @@
 use crate::record::{Layout, DEAD_COLUMN, TOKEN_COLUMN};
 use crate::value::FieldType;
 use crate::BackendKind;
+use crate::Field;
 
 #[derive(Clone, Debug)]
 pub(crate) struct Dialect {
@@ -199,13 +200,18 @@ impl Dialect {
             .join(", ")
     }
 
-    fn all_cols(&self, l: &Layout) -> String {
+    /// The quoted names of the fields that `keep` selects, in table order.
+    pub(crate) fn field_names(&self, l: &Layout, keep: impl Fn(&Field) -> bool) -> Vec<String> {
         l.def
             .fields
             .iter()
+            .filter(|f| keep(f))
             .map(|f| self.q(&f.name))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect()
+    }
+
+    pub(crate) fn all_cols(&self, l: &Layout) -> String {
+        self.field_names(l, |_| true).join(", ")
     }
 
     /// `k1 = $s AND k2 = $s+1 ...`

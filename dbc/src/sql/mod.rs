@@ -193,21 +193,16 @@ impl SqlPool {
             let q = codec::query(sql, binds)?;
             let mut rows = q.fetch(pool);
             let mut out = Vec::new();
-            let mut trusted = false;
+            let mut decode: fn(&_, usize, FieldType) -> Result<Value> = codec::decode;
             while let Some(row) = rows.try_next().await.map_err(|e| from_sqlx(kind, e))? {
-                if out.is_empty() {
-                    // PostgreSQL: column types checked once; elsewhere every value is.
-                    trusted = kind == BackendKind::Postgres && codec::check_columns(&row, types).is_ok();
+                if out.is_empty() && codec::trusts_columns(&row, types) {
+                    // The column types hold for the whole result (PostgreSQL only); a result
+                    // that fails this check is decoded value by value, for precise errors.
+                    decode = codec::decode_trusted;
                 }
                 let mut rec = Vec::with_capacity(types.len());
-                if trusted {
-                    for (i, t) in types.iter().enumerate() {
-                        rec.push(codec::decode_trusted(&row, i, *t)?);
-                    }
-                } else {
-                    for (i, t) in types.iter().enumerate() {
-                        rec.push(codec::decode(&row, i, *t)?);
-                    }
+                for (i, t) in types.iter().enumerate() {
+                    rec.push(decode(&row, i, *t)?);
                 }
                 out.push(rec);
             }

@@ -7,7 +7,7 @@ use crate::value::{FieldType, Value};
 use crate::BackendKind;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::Row;
 use std::time::Duration;
 
 /// SQL rewritten for one backend, with the parameters in binding order.
@@ -98,22 +98,18 @@ pub(crate) fn rewrite(kind: BackendKind, sql: &str, nparams: usize) -> Result<Pr
 
 macro_rules! run_query {
     ($codec:ident, $prep:expr, $params:expr) => {{
-        let mut a = $codec::Args::default();
-        let mut failed = None;
-        for &n in &$prep.order {
-            if let Err(e) = $codec::add_native(&mut a, &$params[n]) {
-                failed = Some(DbcError::TypeMismatch {
-                    field: format!("parameter {}", n + 1),
-                    expected: "a value of the value model".into(),
-                    got: format!("a value the driver could not encode: {e}"),
-                });
-                break;
-            }
-        }
-        match failed {
-            None => Ok(sqlx::query_with(AssertSqlSafe($prep.sql.clone()), a)),
-            Some(e) => Err(e),
-        }
+        // Native-face parameters are bound by their own type.
+        let binds: Vec<(&Value, FieldType)> = $prep
+            .order
+            .iter()
+            .map(|&n| {
+                (
+                    &$params[n],
+                    $params[n].field_type().unwrap_or(FieldType::Text),
+                )
+            })
+            .collect();
+        $codec::query(&$prep.sql, &binds)
     }};
 }
 

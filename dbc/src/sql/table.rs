@@ -405,17 +405,10 @@ impl SqlTable {
             return Ok(false);
         }
         let d = &self.dialect;
-        let cols: Vec<String> = self
-            .layout
-            .def
-            .fields
-            .iter()
-            .map(|f| d.q(&f.name))
-            .collect();
         let sql = format!(
             "COPY {} ({}) FROM STDIN",
             d.q(&self.layout.def.name),
-            cols.join(", ")
+            d.all_cols(&self.layout)
         );
         tx.exec_plain("SAVEPOINT kw_copy").await?;
         match timed(limit, "copying a batch", tx.copy_in(&sql, data.as_bytes())).await {
@@ -637,14 +630,7 @@ impl SqlTable {
     /// so one value must have one stored form. Idempotent, so two processes may race here.
     pub async fn upgrade_f64(&self) -> Result<()> {
         let d = &self.dialect;
-        let cols: Vec<String> = self
-            .layout
-            .def
-            .fields
-            .iter()
-            .filter(|f| f.ty == FieldType::F64)
-            .map(|f| d.q(&f.name))
-            .collect();
+        let cols = d.field_names(&self.layout, |f| f.ty == FieldType::F64);
         let old_form = cols
             .iter()
             .map(|c| format!("(typeof({c}) = 'blob' AND length({c}) = 8)"))

@@ -14,6 +14,7 @@ use crate::error::{OwnershipError, Result};
 use crate::frame::{self, code, kind, next_frame, FrameError, FrameWriter, Reader};
 use crate::session::{lock, SessionLink};
 use crate::status::ServerStats;
+use crate::tls::{self, ClientTls, ReadHalf, Stream};
 use crate::types::{Endpoints, Event, Mode, NodeId, NodeInfo, Owner, SessionConfig};
 use async_trait::async_trait;
 use bytes::{Buf, Bytes, BytesMut};
@@ -22,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -37,6 +37,8 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Largest frame accepted from the server.
     pub max_frame: usize,
+    /// TLS to the servers; `None` for plain TCP.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for ClientOptions {
@@ -46,6 +48,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(10),
             max_frame: frame::DEFAULT_MAX_FRAME,
+            tls: None,
         }
     }
 }
@@ -200,7 +203,7 @@ impl Reply {
 
 /// One authenticated TCP connection before it is split into reader and writer.
 pub(crate) struct Wire {
-    stream: TcpStream,
+    stream: Stream,
     inbuf: BytesMut,
     addr: String,
     epoch: u64,
@@ -242,6 +245,10 @@ pub(crate) async fn dial(addr: &str, opts: &ClientOptions) -> Result<Wire> {
         .await
         .map_err(|e| OwnershipError::Unavailable(format!("{addr}: {e}")))?;
     let _ = stream.set_nodelay(true);
+    let stream = match &opts.tls {
+        Some(t) => tls::connect(t, addr, stream).await?,
+        None => Stream::Plain(stream),
+    };
     let mut wire = Wire {
         stream,
         inbuf: BytesMut::with_capacity(16 * 1024),
@@ -291,7 +298,7 @@ pub(crate) async fn dial(addr: &str, opts: &ClientOptions) -> Result<Wire> {
 /// An authenticated connection to one server, for tools and protocol tests that speak the
 /// frame protocol themselves (see [`frame`]): the stream, after the handshake, and any bytes
 /// the server already sent beyond it. The caller says HELLO next.
-pub async fn dial_raw(addr: &str, options: &ClientOptions) -> Result<(TcpStream, BytesMut)> {
+pub async fn dial_raw(addr: &str, options: &ClientOptions) -> Result<(Stream, BytesMut)> {
     let wire = tokio::time::timeout(options.connect_timeout, dial(addr, options))
         .await
         .map_err(|_| OwnershipError::Unavailable(format!("{addr}: connect timed out")))??;
@@ -334,9 +341,11 @@ struct Shared {
     closing: AtomicBool,
     /// Epoch of the server life that holds this session (0 before the first hello).
     epoch: AtomicU64,
-    /// Background releases whose connection broke before they were answered: sent first on
-    /// the next connection, so that the server does not keep ports the node has let go of.
-    unsent: Mutex<Vec<String>>,
+    /// Background releases not yet written: dropped guards add their keys here (cheaper than
+    /// a queued command each), and the writer takes them before the next command it writes,
+    /// so a release still reaches the server before any later call. Releases whose connection
+    /// broke before they were answered come back here and go first on the next connection.
+    unsent: Mutex<Vec<Arc<str>>>,
 }
 
 impl Shared {
@@ -352,7 +361,13 @@ impl Shared {
         while i < order.len() && i < 2 * self.addrs.len() + 1 {
             let addr = order[i].clone();
             i += 1;
-            match self.hello(&addr).await {
+            let hello = tokio::time::timeout(self.opts.request_timeout, self.hello(&addr));
+            let hello = hello.await.unwrap_or_else(|_| {
+                Err(Hello::Failed(OwnershipError::Unavailable(format!(
+                    "{addr}: no answer to hello"
+                ))))
+            });
+            match hello {
                 Ok(done) => return Ok(done),
                 Err(Hello::NotMaster(hint)) => {
                     last = OwnershipError::Unavailable(format!("{addr}{NOT_MASTER}"));
@@ -412,7 +427,7 @@ impl Shared {
             let mut first = Vec::new();
             if !unsent.is_empty() {
                 first.push(Cmd {
-                    frame: NetBackend::keys_frame(kind::UNREG_PORT, None, &unsent),
+                    frame: Bytes::new(),
                     done: Done::Release(unsent, self.clone()),
                 });
             }
@@ -501,11 +516,12 @@ enum Done {
     /// Re-registration of these ports after a server restart, with the hello's send time.
     Reclaim(Vec<String>, Instant),
     /// A background release; resent on the next connection if this one breaks first.
-    Release(Vec<String>, Arc<Shared>),
+    Release(Vec<Arc<str>>, Arc<Shared>),
 }
 
 struct Cmd {
-    /// A complete frame; its id is set when it is written.
+    /// A complete frame; its id is set when it is written. Empty for a release, whose frame
+    /// is built when it is written, merged with the releases queued next to it.
     frame: Bytes,
     done: Done,
 }
@@ -514,9 +530,28 @@ struct Cmd {
 struct Inflight {
     dead: bool,
     q: VecDeque<(u32, Done)>,
+    /// The request at the front at the last check, and since when: a front that does not move
+    /// for the request timeout means the server stopped answering. One check per connection
+    /// replaces a timer per call, which cost more than the rest of a pipelined call.
+    front: Option<(u32, Instant)>,
 }
 
 impl Inflight {
+    /// Whether the oldest request in flight has waited longer than `limit`.
+    fn stuck(&mut self, now: Instant, limit: Duration) -> bool {
+        let Some(&(id, _)) = self.q.front() else {
+            self.front = None;
+            return false;
+        };
+        match self.front {
+            Some((seen, since)) if seen == id => now.duration_since(since) >= limit,
+            _ => {
+                self.front = Some((id, now));
+                false
+            }
+        }
+    }
+
     fn fail_all(&mut self, e: &OwnershipError) {
         self.dead = true;
         for (_, d) in self.q.drain(..) {
@@ -533,7 +568,7 @@ enum ReaderEnd {
 
 /// Reads replies and pushes until the connection ends.
 async fn reader(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     mut inbuf: BytesMut,
     inflight: Arc<Mutex<Inflight>>,
     idle: Arc<Notify>,
@@ -560,7 +595,7 @@ async fn reader(
 
 /// One read and the frames it completed. `Ok(false)` when the server ended the session.
 async fn read_available(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     inbuf: &mut BytesMut,
     inflight: &Mutex<Inflight>,
     idle: &Notify,
@@ -682,19 +717,33 @@ fn stage(out: &mut BytesMut, next_id: &mut u32, inflight: &Mutex<Inflight>, cmd:
 
 /// Background releases that follow each other in the queue, merged into one UnRegPort (guards
 /// dropped together, e.g. after a batch claim, cost one request rather than one each).
-#[derive(Default)]
 struct Releases {
-    keys: Vec<String>,
-    shared: Option<Arc<Shared>>,
-    merged: usize,
+    keys: Vec<Arc<str>>,
+    shared: Arc<Shared>,
     bytes: usize,
-    first: Option<Cmd>,
 }
 
 /// Largest merged release, in key bytes: well under any frame limit.
 const MAX_MERGED_RELEASE: usize = 1 << 20;
 
 impl Releases {
+    fn new(shared: &Arc<Shared>) -> Releases {
+        Releases {
+            keys: Vec::new(),
+            shared: shared.clone(),
+            bytes: 0,
+        }
+    }
+
+    fn gather(&mut self, keys: impl IntoIterator<Item = Arc<str>>) {
+        for k in keys {
+            self.bytes += k.len() + 2;
+            self.keys.push(k);
+        }
+    }
+
+    /// Stages `cmd`, or gathers it when it is a release; releases of dropped guards made
+    /// before `cmd` was queued go first.
     fn stage(
         &mut self,
         out: &mut BytesMut,
@@ -702,28 +751,11 @@ impl Releases {
         inflight: &Mutex<Inflight>,
         cmd: Cmd,
     ) {
+        let dropped = std::mem::take(&mut *lock(&self.shared.unsent));
+        self.gather(dropped);
         match cmd.done {
-            Done::Release(keys, shared) => {
-                self.bytes += cmd.frame.len();
-                if self.merged == 0 {
-                    // Kept whole until a second one shows up: a lone release needs no re-encoding.
-                    self.first = Some(Cmd {
-                        frame: cmd.frame,
-                        done: Done::Release(keys, shared),
-                    });
-                } else {
-                    if let Some(Cmd {
-                        done: Done::Release(k, s),
-                        ..
-                    }) = self.first.take()
-                    {
-                        self.keys.extend(k);
-                        self.shared = Some(s);
-                    }
-                    self.keys.extend(keys);
-                    self.shared = Some(shared);
-                }
-                self.merged += 1;
+            Done::Release(keys, _) => {
+                self.gather(keys);
                 if self.bytes > MAX_MERGED_RELEASE {
                     self.flush(out, next_id, inflight);
                 }
@@ -745,9 +777,7 @@ impl Releases {
 
     /// Stages the releases gathered so far, before anything queued after them.
     fn flush(&mut self, out: &mut BytesMut, next_id: &mut u32, inflight: &Mutex<Inflight>) {
-        if let Some(cmd) = self.first.take() {
-            stage(out, next_id, inflight, cmd);
-        } else if let Some(shared) = self.shared.take() {
+        if !self.keys.is_empty() {
             let keys = std::mem::take(&mut self.keys);
             let frame = NetBackend::keys_frame(kind::UNREG_PORT, None, &keys);
             stage(
@@ -756,11 +786,10 @@ impl Releases {
                 inflight,
                 Cmd {
                     frame,
-                    done: Done::Release(keys, shared),
+                    done: Done::Release(keys, self.shared.clone()),
                 },
             );
         }
-        self.merged = 0;
         self.bytes = 0;
     }
 }
@@ -804,6 +833,9 @@ async fn serve(
     let mut next_id = 0u32;
     let mut heartbeat = tokio::time::interval(shared.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let limit = shared.opts.request_timeout;
+    let mut check = tokio::time::interval((limit / 4).max(Duration::from_millis(10)));
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if persistent {
         stage(
             &mut out,
@@ -815,9 +847,11 @@ async fn serve(
             },
         );
     }
+    let mut releases = Releases::new(shared);
     for cmd in reclaim.into_iter().chain(first) {
-        stage(&mut out, &mut next_id, &inflight, cmd);
+        releases.stage(&mut out, &mut next_id, &inflight, cmd);
     }
+    releases.flush(&mut out, &mut next_id, &inflight);
     let exit = loop {
         if !out.is_empty() {
             if let Err(e) = wr.write_all(&out).await {
@@ -834,7 +868,7 @@ async fn serve(
             cmd = rx.recv() => match cmd {
                 None => break Exit::Stop,
                 Some(cmd) => {
-                    let mut releases = Releases::default();
+                    let mut releases = Releases::new(shared);
                     releases.stage(&mut out, &mut next_id, &inflight, cmd);
                     let mut yielded = false;
                     loop {
@@ -861,6 +895,14 @@ async fn serve(
                     done: Done::Heartbeat(Instant::now()),
                 });
             }
+            now = check.tick() => {
+                if lock(&inflight).stuck(now.into_std(), limit) {
+                    break Exit::Broken(OwnershipError::Timeout {
+                        what: "ownership server reply".into(),
+                        millis: limit.as_millis() as u64,
+                    });
+                }
+            }
             _ = idle.notified(), if !persistent => {
                 // A short connection ends once every reply is in and nothing waits to be sent.
                 if lock(&inflight).q.is_empty() && rx.is_empty() {
@@ -882,6 +924,7 @@ async fn serve(
 async fn run_persistent(shared: Arc<Shared>, first: Wire, mut rx: mpsc::UnboundedReceiver<Cmd>) {
     let mut wire = Some((first, Vec::new()));
     let mut backoff = Duration::from_millis(10);
+    let mut down_since: Option<Instant> = None;
     loop {
         let w = match wire.take() {
             Some(w) => w,
@@ -889,14 +932,23 @@ async fn run_persistent(shared: Arc<Shared>, first: Wire, mut rx: mpsc::Unbounde
                 if shared.closing.load(Ordering::Acquire) || rx.is_closed() {
                     return;
                 }
+                let since = *down_since.get_or_insert_with(Instant::now);
                 match shared.establish().await {
                     Ok(w) => {
                         tracing::info!(node = %shared.node, addr = %w.0.addr, "reconnected");
                         backoff = Duration::from_millis(10);
+                        down_since = None;
                         w
                     }
                     Err(e) => {
                         tracing::debug!(node = %shared.node, error = %e, "reconnect failed");
+                        // Calls do not wait longer than the request timeout for a server:
+                        // past it, what is queued fails (releases are kept for later).
+                        if since.elapsed() >= shared.opts.request_timeout {
+                            while let Ok(cmd) = rx.try_recv() {
+                                fail(cmd, &e);
+                            }
+                        }
                         tokio::time::sleep(backoff).await;
                         // Short: a failover must be found well within the lease margin.
                         backoff = (backoff * 2).min(Duration::from_millis(100));
@@ -982,18 +1034,13 @@ impl NetBackend {
                 done: Done::Caller(tx),
             })
             .map_err(|_| self.unavailable())?;
-        match tokio::time::timeout(self.shared.opts.request_timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(self.unavailable()),
-            Err(_) => Err(OwnershipError::Timeout {
-                what: "ownership server reply".into(),
-                millis: self.shared.opts.request_timeout.as_millis() as u64,
-            }),
-        }
+        // No timer per call: the connection fails every call in flight when its oldest waits
+        // longer than the request timeout, and the reconnect loop fails queued calls.
+        rx.await.unwrap_or_else(|_| Err(self.unavailable()))
     }
 
-    fn keys_frame(k: u8, flags: Option<u8>, keys: &[String]) -> Bytes {
-        let size = frame::HEADER + 5 + keys.iter().map(|k| k.len() + 2).sum::<usize>();
+    fn keys_frame(k: u8, flags: Option<u8>, keys: &[impl AsRef<str>]) -> Bytes {
+        let size = frame::HEADER + 5 + keys.iter().map(|k| k.as_ref().len() + 2).sum::<usize>();
         let mut b = BytesMut::with_capacity(size);
         let mut w = FrameWriter::begin(&mut b, k, 0);
         if let Some(f) = flags {
@@ -1001,7 +1048,7 @@ impl NetBackend {
         }
         w.u32(keys.len() as u32);
         for key in keys {
-            w.str(key);
+            w.str(key.as_ref());
         }
         w.finish();
         b.freeze()
@@ -1014,7 +1061,7 @@ impl NetBackend {
 
 #[async_trait]
 impl Backend for NetBackend {
-    async fn claim(&self, keys: &[String], notify: bool) -> Result<Vec<ClaimReply>> {
+    async fn claim(&self, keys: &[&str], notify: bool) -> Result<Vec<ClaimReply>> {
         let frame = Self::keys_frame(kind::REG_PORT, Some(notify as u8), keys);
         let deadline = Instant::now() + self.shared.opts.request_timeout;
         let reply = loop {
@@ -1023,7 +1070,9 @@ impl Backend for NetBackend {
                 Err(e) => {
                     // The claim may have been granted with the reply lost: give such ports
                     // back, after the claim and before anything this session sends later.
-                    self.release_in_background(keys.to_vec());
+                    self.release_in_background(
+                        &keys.iter().map(|k| Arc::from(*k)).collect::<Vec<_>>(),
+                    );
                     return Err(e);
                 }
             };
@@ -1055,7 +1104,9 @@ impl Backend for NetBackend {
                 0 => out.push(Ok(r.i64("token").map_err(proto)?)),
                 1 => out.push(Err(r.owner().map_err(proto)?)),
                 _ => {
-                    self.release_in_background(keys.to_vec());
+                    self.release_in_background(
+                        &keys.iter().map(|k| Arc::from(*k)).collect::<Vec<_>>(),
+                    );
                     return Err(OwnershipError::Unavailable(
                         "server ran out of tokens for its epoch; it must restart".into(),
                     ));
@@ -1066,21 +1117,30 @@ impl Backend for NetBackend {
         Ok(out)
     }
 
-    async fn release(&self, keys: &[String]) -> Result<()> {
+    async fn release(&self, keys: &[&str]) -> Result<()> {
         let reply = self
             .call(Self::keys_frame(kind::UNREG_PORT, None, keys))
             .await?;
         reply.expect(kind::OK, self.node()).map(|_| ())
     }
 
-    fn release_in_background(&self, keys: Vec<String>) {
-        let _ = self.tx.send(Cmd {
-            frame: Self::keys_frame(kind::UNREG_PORT, None, &keys),
-            done: Done::Release(keys, self.shared.clone()),
-        });
+    fn release_in_background(&self, keys: &[Arc<str>]) {
+        let was_empty = {
+            let mut unsent = lock(&self.shared.unsent);
+            let was_empty = unsent.is_empty();
+            unsent.extend_from_slice(keys);
+            was_empty
+        };
+        // One wake-up for the writer per batch of drops: it takes them all at once.
+        if was_empty {
+            let _ = self.tx.send(Cmd {
+                frame: Bytes::new(),
+                done: Done::Release(Vec::new(), self.shared.clone()),
+            });
+        }
     }
 
-    async fn owner_of(&self, keys: &[String]) -> Result<Vec<Option<Owner>>> {
+    async fn owner_of(&self, keys: &[&str]) -> Result<Vec<Option<Owner>>> {
         let reply = self
             .call(Self::keys_frame(kind::QUERY_PORT, None, keys))
             .await?;

@@ -6,6 +6,7 @@ use crate::error::Result;
 use crate::group::GroupSettings;
 use crate::inproc::InProcessHub;
 use crate::server::ServerConfig;
+use crate::tls::{ClientTls, ServerTls};
 use crate::types::{Endpoints, Mode, NodeId, SessionConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -35,6 +36,15 @@ pub struct OwnershipConfig {
     pub data_dir: Option<PathBuf>,
     /// Server group (availability); empty members means a lone server.
     pub group: GroupConfig,
+    /// PEM certificate chain of this server; with `tls_key`, every connection to it is TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA that clients (and group peers) check servers against; setting it alone makes a
+    /// client use TLS. Defaults to `tls_cert` (a self-signed certificate).
+    pub tls_ca: Option<PathBuf>,
+    /// Name the servers' certificates carry, when it is not the host of their addresses.
+    pub tls_server_name: Option<String>,
 }
 
 impl Default for OwnershipConfig {
@@ -49,6 +59,10 @@ impl Default for OwnershipConfig {
             max_ports_per_node: 10_000_000,
             data_dir: None,
             group: GroupConfig::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_server_name: None,
         }
     }
 }
@@ -84,6 +98,8 @@ pub enum ConfigError {
     PortLimit,
     #[error("ownership.group: {0}")]
     Group(String),
+    #[error("ownership.tls_cert and ownership.tls_key go together; only one is set")]
+    TlsPair,
 }
 
 impl OwnershipConfig {
@@ -104,6 +120,9 @@ impl OwnershipConfig {
         }
         if self.max_ports_per_node == 0 {
             return Err(ConfigError::PortLimit);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::TlsPair);
         }
         if !self.group.members.is_empty() && !self.group.members.contains(&self.listen) {
             return Err(ConfigError::Group(format!(
@@ -131,7 +150,14 @@ impl OwnershipConfig {
     }
 
     pub fn client_options(&self) -> ClientOptions {
-        ClientOptions::with_secret(self.secret.clone())
+        let ca = self.tls_ca.clone().or_else(|| self.tls_cert.clone());
+        ClientOptions {
+            tls: ca.map(|ca_file| ClientTls {
+                ca_file,
+                server_name: self.tls_server_name.clone(),
+            }),
+            ..ClientOptions::with_secret(self.secret.clone())
+        }
     }
 
     /// Server settings; `default_data_dir` is used when `data_dir` is not set.
@@ -144,6 +170,13 @@ impl OwnershipConfig {
                 .unwrap_or_else(|| default_data_dir.to_path_buf()),
         );
         c.max_ports_per_node = self.max_ports_per_node;
+        if let (Some(cert_file), Some(key_file)) = (&self.tls_cert, &self.tls_key) {
+            c.tls = Some(ServerTls {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                ca_file: self.tls_ca.clone(),
+            });
+        }
         // A new master's re-registration window is the longest lease allowed.
         c.max_lease = Duration::from_millis(self.lease_ms);
         if !self.group.members.is_empty() {
@@ -199,5 +232,29 @@ mod tests {
         let gs = sc.group.unwrap();
         assert_eq!((gs.me, gs.arbiter), (1, true));
         assert_eq!(sc.max_lease, Duration::from_millis(g.lease_ms));
+        assert!(sc.tls.is_none() && g.client_options().tls.is_none());
+    }
+
+    #[test]
+    fn tls_settings_reach_server_and_client() {
+        let half = OwnershipConfig {
+            tls_cert: Some("/etc/kw/cert.pem".into()),
+            ..Default::default()
+        };
+        assert_eq!(half.validate(), Err(ConfigError::TlsPair));
+        let c: OwnershipConfig =
+            serde_json::from_str(r#"{"tls_cert":"/etc/kw/cert.pem","tls_key":"/etc/kw/key.pem"}"#)
+                .unwrap();
+        c.validate().unwrap();
+        let st = c.server_config(Path::new("/tmp/x")).tls.unwrap();
+        assert_eq!(st.key_file, PathBuf::from("/etc/kw/key.pem"));
+        // Without a CA the clients trust the (self-signed) server certificate itself.
+        let ct = c.client_options().tls.unwrap();
+        assert_eq!(ct.ca_file, PathBuf::from("/etc/kw/cert.pem"));
+        let client_only: OwnershipConfig =
+            serde_json::from_str(r#"{"tls_ca":"/etc/kw/ca.pem","tls_server_name":"own"}"#).unwrap();
+        let ct = client_only.client_options().tls.unwrap();
+        assert_eq!(ct.server_name.as_deref(), Some("own"));
+        assert!(client_only.server_config(Path::new("/tmp/x")).tls.is_none());
     }
 }

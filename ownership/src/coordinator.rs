@@ -23,14 +23,14 @@ pub type ClaimReply = std::result::Result<Token, Owner>;
 pub trait Backend: Send + Sync + 'static {
     /// RegPort: one reply per key, in order. With `notify`, a refused key's release is pushed
     /// later as [`Event::Released`].
-    async fn claim(&self, keys: &[String], notify: bool) -> Result<Vec<ClaimReply>>;
+    async fn claim(&self, keys: &[&str], notify: bool) -> Result<Vec<ClaimReply>>;
     /// UnRegPort.
-    async fn release(&self, keys: &[String]) -> Result<()>;
+    async fn release(&self, keys: &[&str]) -> Result<()>;
     /// UnRegPort without waiting for the reply; it must reach the server before any call this
     /// session makes afterwards (a later claim of the same key must not overtake it).
-    fn release_in_background(&self, keys: Vec<String>);
+    fn release_in_background(&self, keys: &[Arc<str>]);
     /// QueryPort.
-    async fn owner_of(&self, keys: &[String]) -> Result<Vec<Option<Owner>>>;
+    async fn owner_of(&self, keys: &[&str]) -> Result<Vec<Option<Owner>>>;
     /// QueryNode.
     async fn query_node(&self, node: &NodeId) -> Result<Option<NodeInfo>>;
     /// SendMsg.
@@ -150,62 +150,70 @@ impl Coordinator {
                 node: self.core.node.to_string(),
             });
         }
-        // Reserve locally first, so two tasks of this node never both get a guard.
-        let mut out: Vec<Option<Claim>> = Vec::with_capacity(keys.len());
-        let mut ask: Vec<String> = Vec::new();
-        let mut ask_idx = Vec::new();
-        for (i, k) in keys.iter().enumerate() {
-            match link.reserve(k) {
-                Ok(()) => {
-                    // Duplicates in one batch: the first occurrence asks, the rest see `Claiming`.
-                    ask.push((*k).to_owned());
-                    ask_idx.push(i);
-                    out.push(None);
-                }
-                Err(token) => out.push(Some(Claim::OwnedBy(self.me(token)))),
-            }
-        }
-        if ask.is_empty() {
-            return Ok(out.into_iter().flatten().collect());
-        }
-        let replies = match self.core.backend.claim(&ask, notify).await {
-            Ok(r) if r.len() == ask.len() => r,
-            Ok(r) => {
-                for k in &ask {
-                    link.unreserve(k);
-                }
-                return Err(OwnershipError::Protocol(format!(
-                    "claim of {} keys answered with {} replies",
-                    ask.len(),
-                    r.len()
-                )));
-            }
-            Err(e) => {
-                for k in &ask {
-                    link.unreserve(k);
-                }
-                return Err(e);
-            }
+        // Reserve locally first, so two tasks of this node never both get a guard. Duplicates
+        // in one batch: the first occurrence asks, the rest see `Claiming`.
+        let reserved = link.reserve(keys);
+        let refused = reserved.iter().filter(|r| r.is_err()).count();
+        // Usually every key is asked: then `keys` itself goes out, with no copy.
+        let partial: Vec<&str>;
+        let ask: &[&str] = if refused == 0 {
+            keys
+        } else {
+            partial = keys
+                .iter()
+                .zip(&reserved)
+                .filter(|(_, r)| r.is_ok())
+                .map(|(k, _)| *k)
+                .collect();
+            &partial
         };
-        for ((key, idx), reply) in ask.into_iter().zip(ask_idx).zip(replies) {
-            out[idx] = Some(match reply {
-                Ok(token) => {
-                    let state = link.install(&key, token);
-                    if !link.lease_valid() {
-                        state.mark_lost();
+        let mut settled = Vec::new();
+        if !ask.is_empty() {
+            let replies = match self.core.backend.claim(ask, notify).await {
+                Ok(r) if r.len() == ask.len() => r,
+                Ok(r) => {
+                    link.unreserve(ask);
+                    return Err(OwnershipError::Protocol(format!(
+                        "claim of {} keys answered with {} replies",
+                        ask.len(),
+                        r.len()
+                    )));
+                }
+                Err(e) => {
+                    link.unreserve(ask);
+                    return Err(e);
+                }
+            };
+            settled = link.settle(ask, replies, |s| match s {
+                Ok(state) => Claim::Granted(Guard {
+                    state,
+                    core: self.core.clone(),
+                }),
+                Err(owner) => Claim::OwnedBy(owner),
+            });
+            // Checked after the guards exist, so a lease that ran out meanwhile is not missed.
+            if !link.lease_valid() {
+                for c in &settled {
+                    if let Claim::Granted(g) = c {
+                        g.state.mark_lost();
                     }
-                    Claim::Granted(Guard {
-                        state,
-                        core: self.core.clone(),
-                    })
                 }
-                Err(owner) => {
-                    link.unreserve(&key);
-                    Claim::OwnedBy(owner)
-                }
+            }
+        }
+        if refused == 0 {
+            return Ok(settled);
+        }
+        let mut settled = settled.into_iter();
+        let mut out = Vec::with_capacity(keys.len());
+        for r in reserved {
+            out.push(match r {
+                Err(token) => Claim::OwnedBy(self.me(token)),
+                Ok(()) => settled
+                    .next()
+                    .ok_or_else(|| OwnershipError::Protocol("claim replies missing".into()))?,
             });
         }
-        Ok(out.into_iter().flatten().collect())
+        Ok(out)
     }
 
     /// Claims one key, waiting up to `timeout` for its current owner to release it.
@@ -269,8 +277,7 @@ impl Coordinator {
         for k in keys {
             validate_key(k)?;
         }
-        let keys: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
-        self.core.backend.owner_of(&keys).await
+        self.core.backend.owner_of(keys).await
     }
 
     /// A node's endpoints, or `None` when it is offline (QueryNode).
@@ -340,10 +347,8 @@ impl Guard {
     /// Resolves when ownership is lost (lease end, failed re-registration, session closed).
     /// Resolves at once if it already is.
     pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.state.lost.subscribe();
-        async move {
-            let _ = rx.wait_for(|lost| *lost).await;
-        }
+        let state = self.state.clone();
+        async move { state.wait_lost().await }
     }
 
     /// The node's coordinator, for calls made on behalf of this guard.
@@ -359,10 +364,7 @@ impl Guard {
         let ours = self.core.link.uninstall(&self.state);
         self.state.mark_lost();
         if ours {
-            self.core
-                .backend
-                .release(std::slice::from_ref(&self.state.key))
-                .await
+            self.core.backend.release(&[&*self.state.key]).await
         } else {
             Ok(())
         }
@@ -379,7 +381,7 @@ impl Drop for Guard {
         if ours {
             self.core
                 .backend
-                .release_in_background(vec![self.state.key.clone()]);
+                .release_in_background(std::slice::from_ref(&self.state.key));
         }
     }
 }

@@ -26,6 +26,10 @@ pub enum OwnershipError {
     /// The server refused the cluster secret.
     #[error("authentication refused by ownership server {0}")]
     AuthRefused(String),
+    /// TLS could not be set up: unreadable certificate files, or a server certificate that
+    /// the configured CA did not sign or that names another host.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The peer broke the wire protocol.
     #[error("protocol error: {0}")]
     Protocol(String),

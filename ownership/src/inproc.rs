@@ -240,6 +240,24 @@ async fn heartbeat(backend: Weak<HubSession>, every: Duration) {
 }
 
 impl HubSession {
+    /// UnRegPort of those keys that are still this node's.
+    fn free(&self, keys: &[impl AsRef<str>]) {
+        let mut notices = Vec::new();
+        {
+            let mut st = lock(&self.hub.state);
+            for key in keys {
+                let key = key.as_ref();
+                if st.ports.get(key).is_some_and(|p| p.owner == self.node) {
+                    st.free(key, &mut notices);
+                    if let Some(s) = st.sessions.get_mut(&self.node) {
+                        s.ports.remove(key);
+                    }
+                }
+            }
+        }
+        push_notices(notices);
+    }
+
     fn closed(&self) -> OwnershipError {
         OwnershipError::SessionClosed {
             node: self.node.to_string(),
@@ -282,7 +300,7 @@ impl HubSession {
 
 #[async_trait]
 impl Backend for HubSession {
-    async fn claim(&self, keys: &[String], notify: bool) -> Result<Vec<ClaimReply>> {
+    async fn claim(&self, keys: &[&str], notify: bool) -> Result<Vec<ClaimReply>> {
         let mut st = lock(&self.hub.state);
         let limit = st.max_ports_per_node;
         let Some(session) = st.sessions.get(&self.node) else {
@@ -293,7 +311,7 @@ impl Backend for HubSession {
         // (the caller forgets every key of a failed claim).
         let fresh: HashSet<&str> = keys
             .iter()
-            .map(String::as_str)
+            .copied()
             .filter(|k| !st.ports.contains_key(*k))
             .collect();
         if held.saturating_add(fresh.len()) > limit {
@@ -301,7 +319,7 @@ impl Backend for HubSession {
         }
         let mut out = Vec::with_capacity(keys.len());
         let mut granted = 0usize;
-        for key in keys {
+        for &key in keys {
             if let Some(owner) = st.owner(key) {
                 if owner.node == self.node {
                     out.push(Ok(owner.token));
@@ -320,7 +338,7 @@ impl Backend for HubSession {
             }
             let token = st.next_token();
             st.ports.insert(
-                key.clone(),
+                key.to_owned(),
                 Port {
                     owner: self.node.clone(),
                     token,
@@ -328,7 +346,7 @@ impl Backend for HubSession {
                 },
             );
             if let Some(s) = st.sessions.get_mut(&self.node) {
-                s.ports.insert(key.clone());
+                s.ports.insert(key.to_owned());
             }
             granted += 1;
             out.push(Ok(token));
@@ -336,28 +354,16 @@ impl Backend for HubSession {
         Ok(out)
     }
 
-    async fn release(&self, keys: &[String]) -> Result<()> {
-        self.release_in_background(keys.to_vec());
+    async fn release(&self, keys: &[&str]) -> Result<()> {
+        self.free(keys);
         Ok(())
     }
 
-    fn release_in_background(&self, keys: Vec<String>) {
-        let mut notices = Vec::new();
-        {
-            let mut st = lock(&self.hub.state);
-            for key in &keys {
-                if st.ports.get(key).is_some_and(|p| p.owner == self.node) {
-                    st.free(key, &mut notices);
-                    if let Some(s) = st.sessions.get_mut(&self.node) {
-                        s.ports.remove(key);
-                    }
-                }
-            }
-        }
-        push_notices(notices);
+    fn release_in_background(&self, keys: &[Arc<str>]) {
+        self.free(keys);
     }
 
-    async fn owner_of(&self, keys: &[String]) -> Result<Vec<Option<Owner>>> {
+    async fn owner_of(&self, keys: &[&str]) -> Result<Vec<Option<Owner>>> {
         let st = lock(&self.hub.state);
         Ok(keys.iter().map(|k| st.owner(k)).collect())
     }

@@ -16,6 +16,7 @@ mod inproc;
 mod server;
 mod session;
 mod status;
+mod tls;
 mod types;
 
 pub use client::{connect, dial_raw, server_stats, ClientOptions};
@@ -27,6 +28,7 @@ pub use inproc::InProcessHub;
 pub use server::{Server, ServerConfig, ServerError};
 pub use session::SessionLink;
 pub use status::{NodeStats, ServerStats};
+pub use tls::{ClientTls, ServerTls, Stream};
 pub use types::{
     encode_key_part, validate_key, Endpoints, Event, Mode, NodeId, NodeInfo, Owner, SessionConfig,
     Token, MAX_KEY_BYTES,

@@ -6,28 +6,65 @@
 
 use crate::types::{Event, NodeId, SessionConfig, Token};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 /// One guard's shared state: the key, its current token, and whether it is lost.
 #[derive(Debug)]
 pub(crate) struct GuardState {
-    pub(crate) key: String,
+    pub(crate) key: Arc<str>,
     pub(crate) token: AtomicI64,
-    pub(crate) lost: watch::Sender<bool>,
+    lost: AtomicBool,
+    /// Created by the first `lost()` waiter only: most guards are never waited on, and a
+    /// notifier per guard (a watch channel before) cost more than the claim itself.
+    lost_waiters: OnceLock<Notify>,
     pub(crate) released: AtomicBool,
 }
 
 impl GuardState {
-    pub(crate) fn mark_lost(&self) {
-        self.lost.send_replace(true);
+    fn new(key: Arc<str>, token: Token) -> GuardState {
+        GuardState {
+            key,
+            token: AtomicI64::new(token),
+            lost: AtomicBool::new(false),
+            lost_waiters: OnceLock::new(),
+            released: AtomicBool::new(false),
+        }
     }
+
+    pub(crate) fn mark_lost(&self) {
+        if self.lost.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Pairs with the fence in `wait_lost`: either the waiter sees the flag, or this sees
+        // the waiter's notifier (created before its fence) and wakes it.
+        fence(Ordering::SeqCst);
+        if let Some(n) = self.lost_waiters.get() {
+            n.notify_waiters();
+        }
+    }
+
     pub(crate) fn is_lost(&self) -> bool {
-        *self.lost.borrow()
+        self.lost.load(Ordering::Acquire)
+    }
+
+    pub(crate) async fn wait_lost(&self) {
+        let n = self.lost_waiters.get_or_init(Notify::new);
+        loop {
+            // A `Notified` receives every `notify_waiters` from its creation on.
+            let notified = n.notified();
+            fence(Ordering::SeqCst);
+            if self.lost.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
     }
 }
+
+type Map<K, V> = hashbrown::HashMap<K, V>;
 
 /// A key this node holds, or is in the middle of claiming.
 enum Slot {
@@ -44,7 +81,7 @@ pub struct SessionLink {
     /// Nanoseconds after `base` until which this node may believe it owns its ports.
     believed_until: AtomicU64,
     closed: AtomicBool,
-    slots: Mutex<HashMap<String, Slot>>,
+    slots: Mutex<Map<Arc<str>, Slot>>,
     subscribers: Mutex<Vec<(String, mpsc::UnboundedSender<Event>)>>,
     release_waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
     /// Woken whenever `believed_until` moves, so that the watchdog re-arms.
@@ -70,7 +107,7 @@ impl SessionLink {
             base: Instant::now(),
             believed_until: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(Map::default()),
             subscribers: Mutex::new(Vec::new()),
             release_waiters: Mutex::new(HashMap::new()),
             renewed: Arc::new(tokio::sync::Notify::new()),
@@ -116,7 +153,7 @@ impl SessionLink {
         // server ignores an UnRegPort for a port that is no longer the caller's).
         let slots = lock(&self.slots);
         for key in keys {
-            if let Some(Slot::Held(weak)) = slots.get(key) {
+            if let Some(Slot::Held(weak)) = slots.get(key.as_str()) {
                 if let Some(g) = weak.upgrade() {
                     g.mark_lost();
                 }
@@ -161,7 +198,7 @@ impl SessionLink {
                 Slot::Held(w) => w
                     .upgrade()
                     .filter(|g| !g.is_lost())
-                    .map(|g| (k.clone(), g.token.load(Ordering::Acquire))),
+                    .map(|g| (k.to_string(), g.token.load(Ordering::Acquire))),
                 Slot::Claiming => None,
             })
             .collect()
@@ -202,51 +239,85 @@ impl SessionLink {
         rx
     }
 
-    /// Reserves `key` for a claim by this node. `Err(token)` when this node already holds or
-    /// is claiming it (token 0 while claiming): at most one guard per key per node.
-    pub(crate) fn reserve(&self, key: &str) -> Result<(), Token> {
+    /// Reserves each key for a claim by this node, under one lock. Per key, `Err(token)` when
+    /// this node already holds or is claiming it (token 0 while claiming, which includes a
+    /// key repeated in `keys`): at most one guard per key per node.
+    pub(crate) fn reserve(&self, keys: &[&str]) -> Vec<Result<(), Token>> {
         let mut slots = lock(&self.slots);
-        match slots.get(key) {
-            Some(Slot::Claiming) => Err(0),
-            Some(Slot::Held(w)) => match w.upgrade() {
-                Some(g) if !g.is_lost() => Err(g.token.load(Ordering::Acquire)),
-                _ => {
-                    slots.insert(key.to_owned(), Slot::Claiming);
+        keys.iter()
+            .map(|&key| match slots.get_mut(key) {
+                Some(Slot::Claiming) => Err(0),
+                Some(slot @ Slot::Held(_)) => {
+                    if let Slot::Held(w) = slot {
+                        if let Some(g) = w.upgrade().filter(|g| !g.is_lost()) {
+                            return Err(g.token.load(Ordering::Acquire));
+                        }
+                    }
+                    *slot = Slot::Claiming;
                     Ok(())
                 }
-            },
-            None => {
-                slots.insert(key.to_owned(), Slot::Claiming);
-                Ok(())
+                None => {
+                    slots.insert(Arc::from(key), Slot::Claiming);
+                    Ok(())
+                }
+            })
+            .collect()
+    }
+
+    /// Drops the reservations of a claim that failed as a whole.
+    pub(crate) fn unreserve(&self, keys: &[&str]) {
+        let mut slots = lock(&self.slots);
+        for &key in keys {
+            if matches!(slots.get(key), Some(Slot::Claiming)) {
+                slots.remove(key);
             }
         }
     }
 
-    pub(crate) fn unreserve(&self, key: &str) {
+    /// Settles reserved keys with the service's answers, under one lock: a granted key's slot
+    /// becomes a live guard's (sharing the slot's key), a refused key's reservation goes.
+    /// `wrap` turns each outcome into what the caller returns, so no list is built twice.
+    pub(crate) fn settle<E, T>(
+        &self,
+        keys: &[&str],
+        replies: Vec<Result<Token, E>>,
+        mut wrap: impl FnMut(Result<Arc<GuardState>, E>) -> T,
+    ) -> Vec<T> {
         let mut slots = lock(&self.slots);
-        if matches!(slots.get(key), Some(Slot::Claiming)) {
-            slots.remove(key);
-        }
-    }
-
-    pub(crate) fn install(&self, key: &str, token: Token) -> Arc<GuardState> {
-        let (lost, _) = watch::channel(false);
-        let state = Arc::new(GuardState {
-            key: key.to_owned(),
-            token: AtomicI64::new(token),
-            lost,
-            released: AtomicBool::new(false),
-        });
-        lock(&self.slots).insert(key.to_owned(), Slot::Held(Arc::downgrade(&state)));
-        state
+        keys.iter()
+            .zip(replies)
+            .map(|(&key, reply)| {
+                wrap(match reply {
+                    Ok(token) => Ok(match slots.get_key_value_mut(key) {
+                        Some((k, slot)) => {
+                            let state = Arc::new(GuardState::new(k.clone(), token));
+                            *slot = Slot::Held(Arc::downgrade(&state));
+                            state
+                        }
+                        None => {
+                            let k: Arc<str> = Arc::from(key);
+                            let state = Arc::new(GuardState::new(k.clone(), token));
+                            slots.insert(k, Slot::Held(Arc::downgrade(&state)));
+                            state
+                        }
+                    }),
+                    Err(e) => {
+                        if matches!(slots.get(key), Some(Slot::Claiming)) {
+                            slots.remove(key);
+                        }
+                        Err(e)
+                    }
+                })
+            })
+            .collect()
     }
 
     /// Removes the slot of a guard that is being released, if it still is that guard's.
     pub(crate) fn uninstall(&self, state: &Arc<GuardState>) -> bool {
         let mut slots = lock(&self.slots);
-        let ours = matches!(slots.get(&state.key), Some(Slot::Held(w)) if w.as_ptr() == Arc::as_ptr(state));
+        let ours = matches!(slots.get(&*state.key), Some(Slot::Held(w)) if w.as_ptr() == Arc::as_ptr(state));
         if ours {
-            slots.remove(&state.key);
+            slots.remove(&*state.key);
         }
         ours
     }

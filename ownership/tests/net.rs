@@ -883,3 +883,76 @@ async fn a_persistent_client_reconnects_and_resumes_its_session() {
     assert!(g2.is_valid());
     s.stop().await;
 }
+
+/// A relay that passes the client's bytes on but, while `mute` is set, swallows the server's:
+/// a server that stopped answering without closing its connections.
+async fn muting_relay(to: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mute = std::sync::Arc::new(AtomicBool::new(false));
+    let m = mute.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = TcpStream::connect(&to).await else {
+                return;
+            };
+            let (mut ci, mut co) = inbound.into_split();
+            let (mut si, mut so) = outbound.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut ci, &mut so).await;
+            });
+            let m = m.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match si.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) if !m.load(Ordering::SeqCst) => {
+                            if co.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                    }
+                }
+            });
+        }
+    });
+    (addr, mute)
+}
+
+#[tokio::test]
+async fn a_server_that_stops_answering_fails_calls_after_the_request_timeout() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), 1_000_000).await;
+    let (addr, mute) = muting_relay(s.addr.clone()).await;
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(400),
+        ..ClientOptions::with_secret(SECRET)
+    };
+    let a = connect(&[addr], cfg("a", Mode::Persistent, 10_000), options)
+        .await
+        .unwrap();
+    let g = granted(a.claim(&["x/1"]).await.unwrap().pop().unwrap());
+    mute.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let r = tokio::time::timeout(Duration::from_secs(5), a.owner_of(&["x/1"]))
+        .await
+        .expect("a call to a silent server must fail, not hang");
+    assert!(
+        matches!(r, Err(OwnershipError::Timeout { .. })),
+        "expected a timeout, got {r:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(400));
+    // The silent connection was given up; the next one resumes the session.
+    mute.store(false, Ordering::SeqCst);
+    let owners = tokio::time::timeout(Duration::from_secs(5), a.owner_of(&["x/1"]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owners[0].as_ref().unwrap().node, NodeId::from("a"));
+    assert!(g.is_valid());
+    s.stop().await;
+}

@@ -15,6 +15,7 @@ use crate::frame::{self, code, kind, next_frame, FrameError, FrameWriter, Reader
 use crate::group::{Group, GroupSettings};
 use crate::session::lock;
 use crate::status::ServerStats;
+use crate::tls::{ServerTls, Stream};
 use crate::types::Mode;
 use bytes::{Buf, BytesMut};
 use std::future::Future;
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub max_lease: Duration,
     /// Membership of a server group; `None` for a lone server.
     pub group: Option<GroupSettings>,
+    /// TLS for every connection (clients and group peers); `None` for plain TCP.
+    pub tls: Option<ServerTls>,
 }
 
 impl ServerConfig {
@@ -72,6 +75,7 @@ impl ServerConfig {
             min_lease: Duration::from_millis(20),
             max_lease: Duration::from_secs(3600),
             group: None,
+            tls: None,
         }
     }
 }
@@ -88,6 +92,8 @@ pub enum ServerError {
     Epoch { path: PathBuf, reason: String },
     #[error("server group: {0}")]
     Group(String),
+    #[error("{0}")]
+    Tls(crate::error::OwnershipError),
 }
 
 struct Shared {
@@ -96,6 +102,7 @@ struct Shared {
     /// Bumped when a member stops serving as master: every connection ends.
     generation: tokio::sync::watch::Sender<u64>,
     secret: Vec<u8>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     cfg: ServerConfig,
     next_conn: AtomicU64,
 }
@@ -110,6 +117,10 @@ pub struct Server {
 impl Server {
     /// Binds the listener and bumps the epoch in the data directory.
     pub async fn bind(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let tls = match &cfg.tls {
+            Some(t) => Some(crate::tls::acceptor(t).map_err(ServerError::Tls)?),
+            None => None,
+        };
         // In a group the epoch is the election term; the lone server keeps its own counter.
         let (epoch, previous_lease) = match cfg.group {
             None => (
@@ -148,6 +159,7 @@ impl Server {
                 let options = crate::client::ClientOptions {
                     secret: cfg.secret.clone(),
                     connect_timeout: g.heartbeat * 4,
+                    tls: cfg.tls.as_ref().map(ServerTls::peer_client),
                     ..Default::default()
                 };
                 Some(
@@ -165,6 +177,7 @@ impl Server {
                 generation: tokio::sync::watch::channel(0).0,
                 table: Mutex::new(table),
                 secret: cfg.secret.as_bytes().to_vec(),
+                tls,
                 cfg,
                 next_conn: AtomicU64::new(1),
             }),
@@ -323,6 +336,23 @@ enum Step {
 async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
+    let stream = match &shared.tls {
+        None => Stream::Plain(stream),
+        Some(acceptor) => {
+            let limit = shared.cfg.handshake_timeout;
+            match tokio::time::timeout(limit, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => Stream::Server(Box::new(s)),
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            }
+        }
+    };
     let mut c = Conn {
         shared,
         stream,
@@ -344,7 +374,7 @@ async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
 
 struct Conn {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: Stream,
     conn: u64,
     sid: Option<u64>,
     inbuf: BytesMut,

@@ -124,7 +124,7 @@ impl Inner {
             let lapsed: Vec<Arc<str>> = sh
                 .dirty
                 .iter()
-                .filter(|k| sh.lru.peek(&***k).is_some_and(|e| !e.guard.is_valid()))
+                .filter(|k| sh.map.peek(k).is_some_and(|e| !e.guard.is_valid()))
                 .cloned()
                 .collect();
             for k in lapsed {
@@ -138,7 +138,7 @@ impl Inner {
                 }
             }
             for k in sh.dirty.iter() {
-                if let Some(e) = sh.lru.peek(&**k) {
+                if let Some(e) = sh.map.peek(k) {
                     let old = e
                         .dirty_since
                         .is_some_and(|t| now.saturating_duration_since(t) >= max_age);
@@ -221,26 +221,26 @@ impl Inner {
         let mut forget = false;
         {
             let mut sh = self.store.shard(&item.key);
-            let in_lru = sh
-                .lru
-                .peek(&*item.key)
+            let in_map = sh
+                .map
+                .peek(&item.key)
                 .is_some_and(|e| Arc::ptr_eq(&e.guard, &item.guard));
-            let in_evicting = !in_lru
+            let in_evicting = !in_map
                 && sh
                     .evicting
-                    .get(&*item.key)
+                    .get(&item.key)
                     .is_some_and(|e| Arc::ptr_eq(&e.guard, &item.guard));
             match outcome {
                 Outcome::Done => {
-                    let same = sh.lru.peek(&*item.key).is_some_and(|e| e.seq == item.seq);
-                    if in_lru && same {
+                    let same = sh.map.peek(&item.key).is_some_and(|e| e.seq == item.seq);
+                    if in_map && same {
                         sh.mark_clean(&item.key, &self.c);
                         forget = true;
-                    } else if in_lru {
+                    } else if in_map {
                         // Written again while the flush ran: the table holds everything up to
                         // the snapshot, so the key's age restarts there (else a hot key would
                         // be flushed again at every tick).
-                        if let Some(e) = sh.lru.peek_mut(&*item.key) {
+                        if let Some(e) = sh.map.peek_mut(&item.key) {
                             e.dirty_since = Some(item.at);
                             e.retry_at = None;
                             e.attempts = 0;
@@ -248,7 +248,7 @@ impl Inner {
                     } else if in_evicting
                         && sh
                             .evicting
-                            .get(&*item.key)
+                            .get(&item.key)
                             .is_some_and(|e| e.seq == item.seq)
                     {
                         dropped = sh.evicting.remove(&*item.key);
@@ -257,7 +257,7 @@ impl Inner {
                 }
                 Outcome::Fenced => {
                     // A newer owner wrote this key: ours is stale and must not be served.
-                    if in_lru {
+                    if in_map {
                         dropped = sh.take(&item.key, &self.c);
                     } else if in_evicting {
                         dropped = sh.evicting.remove(&*item.key);
@@ -266,10 +266,10 @@ impl Inner {
                 Outcome::Failed(_) => {
                     let now = Instant::now();
                     let lapsed = !item.guard.is_valid();
-                    let e = if in_lru {
-                        sh.lru.peek_mut(&*item.key)
+                    let e = if in_map {
+                        sh.map.peek_mut(&item.key)
                     } else if in_evicting {
-                        sh.evicting.get_mut(&*item.key)
+                        sh.evicting.get_mut(&item.key)
                     } else {
                         None
                     };
@@ -282,7 +282,7 @@ impl Inner {
                         give_up = lapsed && e.attempts >= 3;
                     }
                     if give_up {
-                        dropped = if in_lru {
+                        dropped = if in_map {
                             sh.take(&item.key, &self.c)
                         } else {
                             sh.evicting.remove(&*item.key)

@@ -67,6 +67,95 @@ pub(crate) fn key_with_prefix(prefix: &str, table: &str, pk: &[Value]) -> Result
     Ok(out)
 }
 
+/// FNV-1a over a key's text, fed in pieces: a table's state after `cache/<db>/<table>/` is
+/// computed once, so the owner's read path hashes only the pk's text, without building the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyHash(u64);
+
+impl KeyHash {
+    pub const START: KeyHash = KeyHash(0xcbf29ce484222325);
+
+    pub fn bytes(mut self, b: &[u8]) -> KeyHash {
+        for x in b {
+            self.0 ^= *x as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+        self
+    }
+
+    /// The final hash. FNV's high bits depend weakly on the last bytes; the murmur finalizer
+    /// spreads them, since the shard and the bucket take different bits.
+    pub fn finish(self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51afd7ed558ccd);
+        h ^= h >> 33;
+        h
+    }
+}
+
+/// The hash of a whole key's text (the same value as hashing its prefix, then its tail).
+pub(crate) fn hash_key(key: &str) -> u64 {
+    KeyHash::START.bytes(key.as_bytes()).finish()
+}
+
+/// Longest pk text kept inline in the owner's map; longer ones take the string path.
+pub(crate) const TAIL_MAX: usize = 30;
+
+/// The `<pk>` text of a key, built on the stack, for pks whose text needs no encoding and fits
+/// `TAIL_MAX` bytes (integer components today): the read path's key without an allocation.
+pub(crate) struct Tail {
+    buf: [u8; TAIL_MAX],
+    len: usize,
+}
+
+impl Tail {
+    pub fn of(pk: &[Value]) -> Option<Tail> {
+        let mut t = Tail {
+            buf: [0; TAIL_MAX],
+            len: 0,
+        };
+        for (i, v) in pk.iter().enumerate() {
+            if i > 0 {
+                t.push(b"/")?;
+            }
+            match v {
+                // Digits and '-' never need encoding: the same text `key_with_prefix` writes.
+                Value::I64(n) => {
+                    let mut digits = [0u8; 20];
+                    let mut at = digits.len();
+                    let mut m = n.unsigned_abs();
+                    loop {
+                        at -= 1;
+                        digits[at] = b'0' + (m % 10) as u8;
+                        m /= 10;
+                        if m == 0 {
+                            break;
+                        }
+                    }
+                    if *n < 0 {
+                        t.push(b"-")?;
+                    }
+                    t.push(&digits[at..])?;
+                }
+                _ => return None,
+            }
+        }
+        Some(t)
+    }
+
+    fn push(&mut self, b: &[u8]) -> Option<()> {
+        let end = self.len + b.len();
+        self.buf.get_mut(self.len..end)?.copy_from_slice(b);
+        self.len = end;
+        Some(())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
 /// `cache/<db>/<table>/<pk>`.
 pub fn cache_key(db: &str, table: &str, pk: &[Value]) -> Result<String> {
     let key = format!(
@@ -94,5 +183,27 @@ mod tests {
         );
         assert!(key_with_prefix("cache/d/t/", "t", &[Value::Text("x".repeat(2000))]).is_err());
         assert!(cache_key("d", "t", &[Value::Text("x".repeat(2000))]).is_err());
+    }
+
+    #[test]
+    fn tails_match_the_key_text_and_its_hash() {
+        let prefix = key_prefix("d", "t");
+        for pk in [
+            vec![Value::I64(0)],
+            vec![Value::I64(-7), Value::I64(i64::MAX)],
+            vec![Value::I64(i64::MIN)],
+        ] {
+            let key = key_with_prefix(&prefix, "t", &pk).unwrap();
+            let tail = Tail::of(&pk).unwrap();
+            assert_eq!(tail.as_bytes(), &key.as_bytes()[prefix.len()..]);
+            let split = KeyHash::START
+                .bytes(prefix.as_bytes())
+                .bytes(tail.as_bytes())
+                .finish();
+            assert_eq!(split, hash_key(&key));
+        }
+        // Too long for the inline tail, or not an integer: the string path serves them.
+        assert!(Tail::of(&[Value::I64(i64::MIN), Value::I64(i64::MIN)]).is_none());
+        assert!(Tail::of(&[Value::Text("a".into())]).is_none());
     }
 }

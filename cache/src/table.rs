@@ -3,6 +3,7 @@
 
 use crate::cache::{Cache, Reply, WriteOp};
 use crate::error::{CacheError, Result};
+use crate::keys::KeyHash;
 use crate::mapping::{from_record, to_record};
 use keyward_dbc::{Key, Record, Table, TableDef, Value};
 use serde::de::DeserializeOwned;
@@ -46,6 +47,8 @@ pub(crate) struct TableState {
     pub updates: RwLock<HashMap<String, UpdateFn>>,
     /// `cache/<db>/<table>/`, set when the table is registered with a cache.
     pub key_prefix: String,
+    /// The hash state after `key_prefix` (see [`KeyHash`]).
+    pub prefix_hash: KeyHash,
 }
 
 impl TableState {
@@ -74,6 +77,7 @@ impl TableState {
             opts,
             updates: RwLock::new(HashMap::new()),
             key_prefix: String::new(),
+            prefix_hash: KeyHash::START,
         })
     }
 

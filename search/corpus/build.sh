@@ -33,8 +33,14 @@ esac
 command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || {
   echo "build.sh: needs apt-get and dpkg-deb (Debian or Ubuntu)" >&2; exit 1; }
 
-# The .deb of package $1 in OUT/debs, if any, and its version.
-deb_of() { for f in "$OUT/debs/$1"_*.deb; do [ -e "$f" ] && echo "$f" && return; done; }
+# The .deb of package $1 in OUT/debs, if any. Succeeds either way: under `set -e` a failing
+# `f=$(deb_of p)` would end the script silently on a machine with no .deb yet.
+deb_of() {
+  for f in "$OUT/debs/$1"_*.deb; do
+    if [ -e "$f" ]; then echo "$f"; return 0; fi
+  done
+  return 0
+}
 
 updated=
 : > "$OUT/versions.txt.new"

@@ -143,6 +143,10 @@ pub struct SegTop {
     k: usize,
     after: Option<Position>,
     heap: BinaryHeap<Reverse<RawHit>>,
+    /// Ordered by score alone with no cursor: once the heap is full, a document scoring below
+    /// its weakest hit is out before any sort key is built (most documents of a large match).
+    score_floor: bool,
+    floor: Score,
     total: u64,
     facets: Vec<(String, Option<StrColumn>, Vec<u64>)>,
 }
@@ -175,6 +179,9 @@ impl Collector for TopCollector {
             k: self.k,
             after: self.after,
             heap: BinaryHeap::with_capacity(self.k.min(4096) + 1),
+            score_floor: self.after.is_none()
+                && matches!(self.sort.as_slice(), [(SortSource::Score, SortDir::Desc)]),
+            floor: Score::NEG_INFINITY,
             total: 0,
             facets,
         })
@@ -218,7 +225,7 @@ impl SegmentCollector for SegTop {
                 }
             }
         }
-        if self.k == 0 {
+        if self.k == 0 || score < self.floor {
             return;
         }
         let mut key = [0u128; KEY_LEN];
@@ -239,6 +246,21 @@ impl SegmentCollector for SegTop {
                 ),
             };
         }
+        // Most documents lose on the sort key alone: read the id hash (a column lookup) only
+        // for a key that ties the cursor or the heap's weakest hit, or that enters the heap.
+        if let Some(after) = &self.after {
+            if key > after.key {
+                return;
+            }
+        }
+        let full = self.heap.len() >= self.k;
+        if full {
+            if let Some(Reverse(min)) = self.heap.peek() {
+                if key < min.pos.key {
+                    return;
+                }
+            }
+        }
         let idh = self.idh.as_ref().and_then(|c| c.first(doc)).unwrap_or(0);
         let pos = Position { key, idh };
         if let Some(after) = &self.after {
@@ -246,7 +268,7 @@ impl SegmentCollector for SegTop {
                 return;
             }
         }
-        if self.heap.len() >= self.k {
+        if full {
             match self.heap.peek() {
                 Some(Reverse(min)) if pos > min.pos => {
                     self.heap.pop();
@@ -259,6 +281,11 @@ impl SegmentCollector for SegTop {
             score,
             addr: DocAddress::new(self.seg, doc),
         }));
+        if self.score_floor && self.heap.len() >= self.k {
+            if let Some(Reverse(min)) = self.heap.peek() {
+                self.floor = min.score;
+            }
+        }
     }
 
     fn harvest(self) -> Fruit {

@@ -244,6 +244,14 @@ fn phrase_query(field: Field, chain: &[(usize, String)]) -> Option<Box<dyn Query
     }
 }
 
+fn boosted(q: Box<dyn Query>, boost: f32) -> Box<dyn Query> {
+    if (boost - 1.0).abs() > f32::EPSILON {
+        Box::new(BoostQuery::new(q, boost))
+    } else {
+        q
+    }
+}
+
 fn boolean(clauses: Vec<(Occur, Box<dyn Query>)>) -> Box<dyn Query> {
     Box::new(BooleanQuery::new(clauses))
 }
@@ -350,7 +358,13 @@ pub fn plan(
             .ok_or_else(|| SearchError::Internal(format!("tokenizer of {name:?} missing")))?;
         analyzers.push(a);
     }
-    let mut text_clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    // Bare words become one flat union of term queries, each carrying its field's boost, so
+    // tantivy runs a single union of term scorers (its fastest path) rather than a union per
+    // word and per field; the bonus for characters found next to each other is an optional
+    // clause beside it. The scores are the same sums a nested query would give.
+    let mut terms: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    let mut bonuses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+    let mut phrases: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     let mut terms_per_field: Vec<HashSet<String>> = vec![HashSet::new(); text_fields.len()];
     for chunk in chunks(q) {
         let (text, is_phrase) = match chunk {
@@ -364,54 +378,50 @@ pub fn plan(
                 continue;
             }
             let ch = chain(&toks, *kind == TokenizerKind::Mixed);
-            let mut seen = HashSet::new();
-            let q: Box<dyn Query> = if is_phrase {
-                match phrase_query(*field, &ch) {
-                    Some(p) => p,
-                    None => continue,
+            if is_phrase {
+                if let Some(p) = phrase_query(*field, &ch) {
+                    per_field.push((Occur::Should, boosted(p, *boost)));
                 }
             } else {
-                let mut should: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+                let mut seen = HashSet::new();
                 for t in &toks {
-                    if seen.insert(t.text.clone()) {
-                        should.push((Occur::Should, term_query(*field, &t.text)));
+                    if seen.insert(t.text.as_str()) {
+                        terms.push((Occur::Should, boosted(term_query(*field, &t.text), *boost)));
                     }
                 }
-                // Characters found next to each other beat the same characters apart.
-                if ch.len() > 1 {
+                // Characters found next to each other beat the same characters apart. A chunk
+                // that is one dictionary word needs no such bonus: documents holding it
+                // contiguously hold its own token (jieba cuts it alike, and search mode emits it
+                // inside longer words too), so the phrase would only re-count it, at the price
+                // of reading positions for every document holding its characters.
+                if ch.len() > 1 && chain(&toks, false).len() > 1 {
                     if let Some(p) = phrase_query(*field, &ch) {
-                        should.push((Occur::Should, Box::new(BoostQuery::new(p, 2.0))));
+                        bonuses.push((Occur::Should, boosted(p, 2.0 * boost)));
                     }
                 }
-                boolean(should)
-            };
+            }
             terms_per_field[i].extend(toks.into_iter().map(|t| t.text));
-            let q: Box<dyn Query> = if (*boost - 1.0).abs() > f32::EPSILON {
-                Box::new(BoostQuery::new(q, *boost))
-            } else {
-                q
-            };
-            per_field.push((Occur::Should, q));
         }
-        if per_field.is_empty() {
-            continue;
+        if !per_field.is_empty() {
+            // A quoted phrase must match (in any text field).
+            phrases.push((Occur::Must, boolean(per_field)));
         }
-        let occur = if is_phrase {
-            Occur::Must
-        } else {
-            Occur::Should
-        };
-        text_clauses.push((occur, boolean(per_field)));
     }
-    let has_text = !text_clauses.is_empty();
-    if has_text {
-        top.push((Occur::Must, boolean(text_clauses)));
+    let has_text = !terms.is_empty() || !phrases.is_empty();
+    if !phrases.is_empty() {
+        top.extend(phrases);
+        if !terms.is_empty() {
+            top.push((Occur::Should, boolean(terms)));
+        }
+    } else if !terms.is_empty() {
+        top.push((Occur::Must, boolean(terms)));
     } else if !q.trim().is_empty() {
         // A query of only punctuation or stop characters matches nothing, not everything.
         top.push((Occur::Must, Box::new(tantivy::query::EmptyQuery)));
     } else {
         top.push((Occur::Must, Box::new(AllQuery)));
     }
+    top.extend(bonuses);
     for (i, (name, field, _, _)) in text_fields.iter().enumerate() {
         if !terms_per_field[i].is_empty() {
             highlight_terms.push((

@@ -198,6 +198,7 @@ pub struct Fields {
     pub idh: Field,
     pub src: Field,
     pub user: BTreeMap<String, (Field, FieldDef)>,
+    pub id_field: String,
 }
 
 impl Fields {
@@ -256,7 +257,22 @@ impl Fields {
             idh,
             src,
             user,
+            id_field: meta.def.id_field.clone(),
         }
+    }
+
+    /// Whether a body key is kept in the stored source: the id and stored fields only.
+    fn keeps(&self, key: &str) -> bool {
+        key == self.id_field || self.user.get(key).is_some_and(|(_, d)| d.stored)
+    }
+}
+
+/// The part of a body kept in the index's stored source, serialized without copying it.
+struct StoredPart<'a>(&'a Fields, &'a Map<String, Json>);
+
+impl serde::Serialize for StoredPart<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(self.1.iter().filter(|(k, _)| self.0.keeps(k)))
     }
 }
 
@@ -449,9 +465,12 @@ pub fn to_tantivy(fields: &Fields, id: &DocId, body: &Map<String, Json>) -> Tant
     let mut d = TantivyDocument::new();
     d.add_text(fields.id, &id.key);
     d.add_u64(fields.idh, id.hash());
+    // Only what a hit returns: the id and stored fields. Unstored text (often the long part
+    // of a document) would otherwise be serialized, compressed and, on every hit,
+    // decompressed and parsed for nothing.
     d.add_text(
         fields.src,
-        serde_json::to_string(body).unwrap_or_else(|_| "{}".into()),
+        serde_json::to_string(&StoredPart(fields, body)).unwrap_or_else(|_| "{}".into()),
     );
     for (name, v) in body {
         let Some((f, def)) = fields.user.get(name) else {

@@ -85,6 +85,12 @@ async fn chinese_english_and_mixed_known_answers() {
     assert_eq!(ids(&r), vec![json!(8)]);
     assert!(r["hits"][0]["doc"].get("secret").is_none(), "{r}");
     assert_eq!(r["hits"][0]["doc"]["title"], "Databases are everywhere");
+    // Nor highlighted: the index does not even keep their text.
+    let r = n
+        .search("docs", json!({"q": "hidden", "highlight": true}))
+        .await;
+    assert_eq!(ids(&r), vec![json!(8)]);
+    assert_eq!(r["hits"][0]["highlights"].get("secret"), None, "{r}");
 
     // Nothing matches a word absent from the corpus.
     let r = n.search("docs", json!({"q": "kubernetes"})).await;

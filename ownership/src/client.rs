@@ -1039,6 +1039,12 @@ impl NetBackend {
         rx.await.unwrap_or_else(|_| Err(self.unavailable()))
     }
 
+    /// Releases in the background ports a failed claim may have been granted.
+    fn give_back(&self, keys: &[&str]) {
+        let keys: Vec<Arc<str>> = keys.iter().map(|k| Arc::from(*k)).collect();
+        self.release_in_background(&keys);
+    }
+
     fn keys_frame(k: u8, flags: Option<u8>, keys: &[impl AsRef<str>]) -> Bytes {
         let size = frame::HEADER + 5 + keys.iter().map(|k| k.as_ref().len() + 2).sum::<usize>();
         let mut b = BytesMut::with_capacity(size);
@@ -1070,9 +1076,7 @@ impl Backend for NetBackend {
                 Err(e) => {
                     // The claim may have been granted with the reply lost: give such ports
                     // back, after the claim and before anything this session sends later.
-                    self.release_in_background(
-                        &keys.iter().map(|k| Arc::from(*k)).collect::<Vec<_>>(),
-                    );
+                    self.give_back(keys);
                     return Err(e);
                 }
             };
@@ -1104,9 +1108,7 @@ impl Backend for NetBackend {
                 0 => out.push(Ok(r.i64("token").map_err(proto)?)),
                 1 => out.push(Err(r.owner().map_err(proto)?)),
                 _ => {
-                    self.release_in_background(
-                        &keys.iter().map(|k| Arc::from(*k)).collect::<Vec<_>>(),
-                    );
+                    self.give_back(keys);
                     return Err(OwnershipError::Unavailable(
                         "server ran out of tokens for its epoch; it must restart".into(),
                     ));

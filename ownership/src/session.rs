@@ -66,6 +66,13 @@ impl GuardState {
 
 type Map<K, V> = hashbrown::HashMap<K, V>;
 
+/// Drops this node's reservation of `key`, if it is still one (not a guard since).
+fn unclaim(slots: &mut Map<Arc<str>, Slot>, key: &str) {
+    if matches!(slots.get(key), Some(Slot::Claiming)) {
+        slots.remove(key);
+    }
+}
+
 /// A key this node holds, or is in the middle of claiming.
 enum Slot {
     Claiming,
@@ -268,9 +275,7 @@ impl SessionLink {
     pub(crate) fn unreserve(&self, keys: &[&str]) {
         let mut slots = lock(&self.slots);
         for &key in keys {
-            if matches!(slots.get(key), Some(Slot::Claiming)) {
-                slots.remove(key);
-            }
+            unclaim(&mut slots, key);
         }
     }
 
@@ -302,9 +307,7 @@ impl SessionLink {
                         }
                     }),
                     Err(e) => {
-                        if matches!(slots.get(key), Some(Slot::Claiming)) {
-                            slots.remove(key);
-                        }
+                        unclaim(&mut slots, key);
                         Err(e)
                     }
                 })

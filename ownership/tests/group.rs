@@ -1,10 +1,12 @@
 //! A group of three servers: one master elected by quorum, failover to another member with
 //! re-registration, tokens that grow across the failover.
 
+mod common;
+
+use common::session;
 use keyward_ownership::Guard;
 use keyward_ownership::{
-    connect, server_stats, Claim, ClientOptions, Endpoints, GroupSettings, Mode, NodeId, Server,
-    ServerConfig, SessionConfig,
+    connect, server_stats, Claim, ClientOptions, GroupSettings, NodeId, Server, ServerConfig,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -73,16 +75,6 @@ fn free_addrs(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn cfg(node: &str) -> SessionConfig {
-    SessionConfig {
-        node_id: Some(NodeId::from(node)),
-        endpoints: Endpoints::new(),
-        mode: Mode::Persistent,
-        lease: Duration::from_millis(3_000),
-        margin: Duration::from_millis(500),
-    }
-}
-
 async fn master_of(addrs: &[String]) -> (String, u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -109,10 +101,10 @@ async fn a_group_fails_over_and_nodes_keep_their_ports() {
         members.push(Some(start_member(&addrs, i, dirs[i].path(), a).await));
     }
     let (master, epoch1) = master_of(&addrs).await;
-    let a = connect(&addrs, cfg("a"), ClientOptions::with_secret(SECRET))
+    let a = connect(&addrs, session("a"), ClientOptions::with_secret(SECRET))
         .await
         .unwrap();
-    let b = connect(&addrs, cfg("b"), ClientOptions::with_secret(SECRET))
+    let b = connect(&addrs, session("b"), ClientOptions::with_secret(SECRET))
         .await
         .unwrap();
     // The first master's window (max_lease) must pass before fresh claims are granted.
@@ -177,7 +169,7 @@ async fn start_load(addrs: &[String], sessions: u64, stop_at: Instant) -> Load {
     let mut tasks = Vec::new();
     for n in 0..sessions {
         let name = format!("n{n}");
-        let c = connect(addrs, cfg(&name), ClientOptions::with_secret(SECRET))
+        let c = connect(addrs, session(&name), ClientOptions::with_secret(SECRET))
             .await
             .unwrap();
         let (registry, violations) = (registry.clone(), violations.clone());
@@ -347,7 +339,7 @@ async fn two_members_and_an_arbiter_survive_the_loss_of_the_master() {
     }
     let (master, epoch1) = master_of(&addrs).await;
     assert_ne!(master, addrs[2], "the arbiter must not serve");
-    let a = connect(&addrs, cfg("a"), ClientOptions::with_secret(SECRET))
+    let a = connect(&addrs, session("a"), ClientOptions::with_secret(SECRET))
         .await
         .unwrap();
     let g = a.claim_wait("x/1", Duration::from_secs(8)).await.unwrap();
@@ -378,7 +370,7 @@ async fn tokens_grow_across_a_restart_of_the_whole_group() {
         members.push(start_member(&addrs, i, dirs[i].path(), a).await);
     }
     let (_, epoch1) = master_of(&addrs).await;
-    let a = connect(&addrs, cfg("a"), ClientOptions::with_secret(SECRET))
+    let a = connect(&addrs, session("a"), ClientOptions::with_secret(SECRET))
         .await
         .unwrap();
     let t1 = a
@@ -399,7 +391,7 @@ async fn tokens_grow_across_a_restart_of_the_whole_group() {
         epoch2 > epoch1,
         "term did not survive the restart: {epoch1} then {epoch2}"
     );
-    let b = connect(&addrs, cfg("b"), ClientOptions::with_secret(SECRET))
+    let b = connect(&addrs, session("b"), ClientOptions::with_secret(SECRET))
         .await
         .unwrap();
     let t2 = b

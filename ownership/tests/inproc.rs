@@ -1,24 +1,13 @@
 //! The Coordinator API on the in-process hub: claims, tokens, leases, messages, waits.
 
-use keyward_ownership::{
-    Claim, Coordinator, Endpoints, Event, InProcessHub, Mode, NodeId, OwnershipError, SessionConfig,
-};
+mod common;
+
+use common::session_with;
+use keyward_ownership::{Claim, Coordinator, Event, InProcessHub, Mode, NodeId, OwnershipError};
 use std::time::Duration;
 
-fn cfg(node: &str, mode: Mode, lease_ms: u64) -> SessionConfig {
-    let mut endpoints = Endpoints::new();
-    endpoints.insert("cache".into(), format!("{node}.example:7401"));
-    SessionConfig {
-        node_id: Some(NodeId::from(node)),
-        endpoints,
-        mode,
-        lease: Duration::from_millis(lease_ms),
-        margin: Duration::from_millis(lease_ms / 5),
-    }
-}
-
 async fn node(hub: &InProcessHub, name: &str) -> Coordinator {
-    hub.connect(cfg(name, Mode::Persistent, 3_000))
+    hub.connect(session_with(name, Mode::Persistent, 3_000))
         .await
         .unwrap()
 }
@@ -150,7 +139,10 @@ async fn bad_keys_are_refused() {
 #[tokio::test]
 async fn a_guard_is_lost_when_its_lease_is_not_renewed() {
     let hub = InProcessHub::new();
-    let a = hub.connect(cfg("a", Mode::Lease, 300)).await.unwrap();
+    let a = hub
+        .connect(session_with("a", Mode::Lease, 300))
+        .await
+        .unwrap();
     let b = node(&hub, "b").await;
     let g = a
         .claim(&["cache/db/t/9"])
@@ -176,7 +168,10 @@ async fn a_guard_is_lost_when_its_lease_is_not_renewed() {
 #[tokio::test]
 async fn relet_keeps_a_lease_mode_session_alive() {
     let hub = InProcessHub::new();
-    let a = hub.connect(cfg("a", Mode::Lease, 300)).await.unwrap();
+    let a = hub
+        .connect(session_with("a", Mode::Lease, 300))
+        .await
+        .unwrap();
     let b = node(&hub, "b").await;
     let g = a
         .claim(&["k/relet"])
@@ -207,7 +202,10 @@ async fn relet_keeps_a_lease_mode_session_alive() {
 #[tokio::test]
 async fn persistent_heartbeats_keep_ports_past_many_leases() {
     let hub = InProcessHub::new();
-    let a = hub.connect(cfg("a", Mode::Persistent, 150)).await.unwrap();
+    let a = hub
+        .connect(session_with("a", Mode::Persistent, 150))
+        .await
+        .unwrap();
     let g = a
         .claim(&["k/hb"])
         .await
@@ -223,7 +221,10 @@ async fn persistent_heartbeats_keep_ports_past_many_leases() {
 #[tokio::test]
 async fn a_paused_node_loses_its_guards_before_another_node_gets_them() {
     let hub = InProcessHub::new();
-    let a = hub.connect(cfg("a", Mode::Persistent, 300)).await.unwrap();
+    let a = hub
+        .connect(session_with("a", Mode::Persistent, 300))
+        .await
+        .unwrap();
     let b = node(&hub, "b").await;
     let g = a
         .claim(&["k/pause"])

@@ -1,9 +1,12 @@
 //! The network implementation: a real server on 127.0.0.1 and clients in both modes.
 
+mod common;
+
+use common::session_with;
 use keyward_ownership::frame::{kind, FrameWriter, Reader};
 use keyward_ownership::{
     connect, server_stats, Claim, ClientOptions, Coordinator, Endpoints, Event, Mode, NodeId,
-    OwnershipError, Server, ServerConfig, SessionConfig,
+    OwnershipError, Server, ServerConfig,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -60,22 +63,10 @@ impl TestServer {
     }
 }
 
-fn cfg(node: &str, mode: Mode, lease_ms: u64) -> SessionConfig {
-    let mut endpoints = Endpoints::new();
-    endpoints.insert("cache".into(), format!("{node}.example:7401"));
-    SessionConfig {
-        node_id: Some(NodeId::from(node)),
-        endpoints,
-        mode,
-        lease: Duration::from_millis(lease_ms),
-        margin: Duration::from_millis(lease_ms / 5),
-    }
-}
-
 async fn node(s: &TestServer, name: &str, mode: Mode, lease_ms: u64) -> Coordinator {
     connect(
         &s.addrs(),
-        cfg(name, mode, lease_ms),
+        session_with(name, mode, lease_ms),
         ClientOptions::with_secret(SECRET),
     )
     .await
@@ -389,7 +380,7 @@ async fn wrong_secret_is_refused() {
     for mode in [Mode::Persistent, Mode::Lease] {
         let r = connect(
             &s.addrs(),
-            cfg("x", mode, 1_000),
+            session_with("x", mode, 1_000),
             ClientOptions::with_secret("not-the-secret"),
         )
         .await;
@@ -400,7 +391,7 @@ async fn wrong_secret_is_refused() {
     // Nothing reachable at all is reported as unavailable.
     let r = connect(
         &["127.0.0.1:1".to_string()],
-        cfg("x", Mode::Persistent, 1_000),
+        session_with("x", Mode::Persistent, 1_000),
         ClientOptions::with_secret(SECRET),
     )
     .await;
@@ -852,7 +843,7 @@ async fn a_persistent_client_reconnects_and_resumes_its_session() {
     let r = relay(s.addr.clone()).await;
     let a = connect(
         std::slice::from_ref(&r.addr),
-        cfg("a", Mode::Persistent, 1_000),
+        session_with("a", Mode::Persistent, 1_000),
         ClientOptions::with_secret(SECRET),
     )
     .await
@@ -932,9 +923,13 @@ async fn a_server_that_stops_answering_fails_calls_after_the_request_timeout() {
         request_timeout: Duration::from_millis(400),
         ..ClientOptions::with_secret(SECRET)
     };
-    let a = connect(&[addr], cfg("a", Mode::Persistent, 10_000), options)
-        .await
-        .unwrap();
+    let a = connect(
+        &[addr],
+        session_with("a", Mode::Persistent, 10_000),
+        options,
+    )
+    .await
+    .unwrap();
     let g = granted(a.claim(&["x/1"]).await.unwrap().pop().unwrap());
     mute.store(true, Ordering::SeqCst);
     let started = Instant::now();

@@ -2,9 +2,12 @@
 //! right CA, and the ones that must be refused (plain TCP, a foreign CA, another host name,
 //! a wrong secret inside TLS).
 
+mod common;
+
+use common::session;
 use keyward_ownership::{
-    connect, server_stats, Claim, ClientOptions, ClientTls, Coordinator, Endpoints, GroupSettings,
-    Mode, NodeId, OwnershipError, Server, ServerConfig, ServerTls, SessionConfig,
+    connect, server_stats, Claim, ClientOptions, ClientTls, Coordinator, GroupSettings, NodeId,
+    OwnershipError, Server, ServerConfig, ServerTls,
 };
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -33,16 +36,6 @@ fn client(ca: &str, server_name: Option<&str>) -> ClientOptions {
             server_name: server_name.map(str::to_owned),
         }),
         ..ClientOptions::with_secret(SECRET)
-    }
-}
-
-fn session(node: &str) -> SessionConfig {
-    SessionConfig {
-        node_id: Some(NodeId::from(node)),
-        endpoints: Endpoints::new(),
-        mode: Mode::Persistent,
-        lease: Duration::from_millis(3_000),
-        margin: Duration::from_millis(500),
     }
 }
 

@@ -121,23 +121,7 @@ impl Tail {
             }
             match v {
                 // Digits and '-' never need encoding: the same text `key_with_prefix` writes.
-                Value::I64(n) => {
-                    let mut digits = [0u8; 20];
-                    let mut at = digits.len();
-                    let mut m = n.unsigned_abs();
-                    loop {
-                        at -= 1;
-                        digits[at] = b'0' + (m % 10) as u8;
-                        m /= 10;
-                        if m == 0 {
-                            break;
-                        }
-                    }
-                    if *n < 0 {
-                        t.push(b"-")?;
-                    }
-                    t.push(&digits[at..])?;
-                }
+                Value::I64(n) => t.push(itoa::Buffer::new().format(*n).as_bytes())?,
                 _ => return None,
             }
         }

@@ -261,9 +261,9 @@ impl Fields {
         }
     }
 
-    /// Whether a body key is kept in the stored source: the id and stored fields only.
+    /// Whether a body key is kept in the stored source: what hits return.
     fn keeps(&self, key: &str) -> bool {
-        key == self.id_field || self.user.get(key).is_some_and(|(_, d)| d.stored)
+        returned(&self.id_field, self.user.get(key).map(|(_, d)| d), key)
     }
 }
 
@@ -502,12 +502,16 @@ pub fn to_tantivy(fields: &Fields, id: &DocId, body: &Map<String, Json>) -> Tant
     d
 }
 
+/// Whether a body key comes back in hits and documents: the id and the stored fields.
+fn returned(id_field: &str, def: Option<&FieldDef>, key: &str) -> bool {
+    key == id_field || def.is_some_and(|d| d.stored)
+}
+
 /// The document as returned in hits: the stored fields and the id.
 pub fn visible_doc(meta: &IndexMeta, body: &Map<String, Json>) -> Json {
     let mut out = Map::new();
     for (k, v) in body {
-        let keep = *k == meta.def.id_field || meta.def.fields.get(k).is_some_and(|f| f.stored);
-        if keep {
+        if returned(&meta.def.id_field, meta.def.fields.get(k), k) {
             out.insert(k.clone(), v.clone());
         }
     }

@@ -435,7 +435,7 @@ impl Contender for Keyward {
             "name": index,
             "id_field": "id",
             "fields": {
-                "title": {"type": "text", "tokenizer": "mixed", "boost": 2.0},
+                "title": {"type": "text", "tokenizer": "mixed"},
                 "body": {"type": "text", "tokenizer": "mixed", "stored": false},
                 "tags": {"type": "tags"},
                 "lang": {"type": "tags"}

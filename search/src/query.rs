@@ -389,14 +389,33 @@ pub fn plan(
                         terms.push((Occur::Should, boosted(term_query(*field, &t.text), *boost)));
                     }
                 }
-                // Characters found next to each other beat the same characters apart. A chunk
-                // that is one dictionary word needs no such bonus: documents holding it
-                // contiguously hold its own token (jieba cuts it alike, and search mode emits it
-                // inside longer words too), so the phrase would only re-count it, at the price
-                // of reading positions for every document holding its characters.
-                if ch.len() > 1 && chain(&toks, false).len() > 1 {
+                let words = chain(&toks, false).len();
+                let latin_compound = words > 1 && !text.chars().any(tokenize::is_cjk);
+                if latin_compound {
+                    // "non-blocking" is also written "nonblocking": the joined form is one more
+                    // alternative, analysed as the index analyses it (stemmed, lower-cased).
+                    let joined: String = text.chars().filter(|c| c.is_alphanumeric()).collect();
+                    for t in tokenize::tokens(&mut analyzers[i], &joined) {
+                        if !seen.contains(t.text.as_str()) {
+                            terms.push((
+                                Occur::Should,
+                                boosted(term_query(*field, &t.text), *boost),
+                            ));
+                        }
+                    }
+                }
+                // Pieces found next to each other beat the same pieces apart. A CJK character
+                // means little alone, so its run's adjacency weighs double; the parts of a Latin
+                // compound ("read-only") each already score as words, so their adjacency weighs
+                // one word more, not two. A chunk that is one dictionary word needs no bonus:
+                // documents holding it contiguously hold its own token (jieba cuts it alike, and
+                // search mode emits it inside longer words too), so the phrase would only
+                // re-count it, at the price of reading positions for every document holding
+                // its characters.
+                if ch.len() > 1 && words > 1 {
+                    let weight = if latin_compound { 1.0 } else { 2.0 };
                     if let Some(p) = phrase_query(*field, &ch) {
-                        bonuses.push((Occur::Should, boosted(p, 2.0 * boost)));
+                        bonuses.push((Occur::Should, boosted(p, weight * boost)));
                     }
                 }
             }

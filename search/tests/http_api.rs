@@ -99,6 +99,28 @@ async fn chinese_english_and_mixed_known_answers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hyphenated_words_match_joined_and_adjacent_forms() {
+    let (n, _d) = node().await;
+    n.post("/indexes", &docs_schema("docs")).await;
+    let docs = json!([
+        {"id": 1, "title": "the socket is nonblocking"},
+        {"id": 2, "title": "a blocking call on a socket"},
+        {"id": 3, "title": "mount the disk read-only now"},
+        {"id": 4, "title": "only root may read this disk"}
+    ]);
+    n.post("/indexes/docs/documents?wait=true", &docs).await;
+
+    // The joined spelling is one more alternative, and it outranks a partial match.
+    let r = n.search("docs", json!({"q": "non-blocking socket"})).await;
+    assert_eq!(ids(&r)[0], json!(1), "{r}");
+    assert!(ids(&r).contains(&json!(2)), "{r}");
+
+    // The parts of a compound next to each other beat the same words apart.
+    let r = n.search("docs", json!({"q": "read-only disk"})).await;
+    assert_eq!(ids(&r), vec![json!(3), json!(4)], "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tag_logic_ranges_sort_and_facets() {
     let (n, _d) = node().await;
     corpus(&n).await;

@@ -22,9 +22,17 @@ use std::time::Instant;
 /// the same cache lines as the map slot's header.
 #[repr(C)]
 pub(crate) struct Entry {
-    /// `None`: absent from the table (a miss is cached too) or deleted.
+    /// `None`: absent from the table (a miss is cached too) or deleted. Set through
+    /// [`Entry::set_value`], which keeps `text_at` in step.
     pub value: Option<Record>,
+    /// Address of the first text or bytes value's buffer (0: none), kept beside `value` so
+    /// that a read can fetch that buffer together with the record's own instead of after it.
+    /// Only ever used as a prefetch hint, never dereferenced.
+    pub text_at: usize,
     pub guard: Arc<Guard>,
+    /// The coordinator's loss epoch when `guard` was last found valid (`u64::MAX`: never):
+    /// while the epoch has not moved and the lease holds, a read need not touch the guard.
+    pub valid_epoch: u64,
     pub expires: Option<Instant>,
     /// Set while the record holds writes not yet flushed to the table.
     pub dirty_since: Option<Instant>,
@@ -54,7 +62,39 @@ pub(crate) fn entry_size(key: &str, pk: &Key, value: Option<&Record>) -> usize {
         + value.map_or(0, |r| r.iter().map(value_size).sum())
 }
 
+/// See [`Entry::text_at`].
+pub(crate) fn text_at(value: Option<&Record>) -> usize {
+    value
+        .into_iter()
+        .flatten()
+        .find_map(|v| match v {
+            Value::Text(t) => Some(t.as_ptr() as usize),
+            Value::Bytes(b) => Some(b.as_ptr() as usize),
+            _ => None,
+        })
+        .unwrap_or(0)
+}
+
+/// Asks the CPU to start loading the cache line at `addr`. A hint only: a stale or zero
+/// address costs a wasted fetch, never a fault.
+#[inline(always)]
+pub(crate) fn prefetch(addr: usize) {
+    // SAFETY: a prefetch reads no memory the program sees and never faults, whatever the
+    // address; SSE, which provides it, is part of the x86_64 baseline.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
+}
+
 impl Entry {
+    pub fn set_value(&mut self, value: Option<Record>) {
+        self.text_at = text_at(value.as_ref());
+        self.value = value;
+    }
+
     pub fn is_dirty(&self) -> bool {
         self.dirty_since.is_some()
     }
@@ -161,14 +201,14 @@ impl Map {
         hash: u64,
         table: *const TableState,
         tail: &[u8],
-    ) -> Option<&Entry> {
+    ) -> Option<&mut Entry> {
         let table = table as usize;
         let (_, i) = self.find(hash, |s| {
             s.table == table && s.tail_len != NO_TAIL && &s.tail[..s.tail_len as usize] == tail
         })?;
         let s = self.slot_mut(i)?;
         s.referenced = true;
-        Some(&s.entry)
+        Some(&mut s.entry)
     }
 
     /// The key's entry; counts as a use.
@@ -500,7 +540,9 @@ mod tests {
     fn entry(ts: &Arc<TableState>, n: i64, guard: Arc<Guard>) -> Entry {
         Entry {
             value: Some(vec![Value::I64(n)]),
+            text_at: 0,
             guard,
+            valid_epoch: u64::MAX,
             expires: None,
             dirty_since: None,
             table: ts.clone(),

@@ -122,6 +122,14 @@ impl Coordinator {
         self.core.link.lease_valid()
     }
 
+    /// Moves after any of this node's guards is lost or released, other than by the lease
+    /// running out. A guard of this coordinator found valid after reading epoch `e` is still
+    /// valid while `loss_epoch()` is `e` and [`lease_valid`](Self::lease_valid) holds: a cache
+    /// of many guards re-checks one without touching it.
+    pub fn loss_epoch(&self) -> u64 {
+        self.core.link.loss_epoch()
+    }
+
     /// The owner record this node would show for a key it holds.
     fn me(&self, token: Token) -> Owner {
         Owner {
@@ -195,7 +203,7 @@ impl Coordinator {
             if !link.lease_valid() {
                 for c in &settled {
                     if let Claim::Granted(g) = c {
-                        g.state.mark_lost();
+                        link.lose(&g.state);
                     }
                 }
             }
@@ -362,7 +370,7 @@ impl Guard {
     pub async fn release(self) -> Result<()> {
         self.state.released.store(true, Ordering::Release);
         let ours = self.core.link.uninstall(&self.state);
-        self.state.mark_lost();
+        self.core.link.lose(&self.state);
         if ours {
             self.core.backend.release(&[&*self.state.key]).await
         } else {
@@ -377,7 +385,7 @@ impl Drop for Guard {
             return;
         }
         let ours = self.core.link.uninstall(&self.state);
-        self.state.mark_lost();
+        self.core.link.lose(&self.state);
         if ours {
             self.core
                 .backend

@@ -34,7 +34,8 @@ impl GuardState {
         }
     }
 
-    pub(crate) fn mark_lost(&self) {
+    /// Use [`SessionLink::lose`], which also moves the session's loss epoch.
+    fn mark_lost(&self) {
         if self.lost.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -88,6 +89,8 @@ pub struct SessionLink {
     /// Nanoseconds after `base` until which this node may believe it owns its ports.
     believed_until: AtomicU64,
     closed: AtomicBool,
+    /// Moves after every guard that becomes lost or released: see [`Self::loss_epoch`].
+    losses: AtomicU64,
     slots: Mutex<Map<Arc<str>, Slot>>,
     subscribers: Mutex<Vec<(String, mpsc::UnboundedSender<Event>)>>,
     release_waiters: Mutex<HashMap<String, Vec<oneshot::Sender<()>>>>,
@@ -114,6 +117,7 @@ impl SessionLink {
             base: Instant::now(),
             believed_until: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            losses: AtomicU64::new(0),
             slots: Mutex::new(Map::default()),
             subscribers: Mutex::new(Vec::new()),
             release_waiters: Mutex::new(HashMap::new()),
@@ -149,6 +153,20 @@ impl SessionLink {
             && self.nanos(Instant::now()) < self.believed_until.load(Ordering::Acquire)
     }
 
+    /// Marks a guard lost (or, after its `released` flag, released), then moves the epoch.
+    pub(crate) fn lose(&self, g: &GuardState) {
+        g.mark_lost();
+        self.losses.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A number that moves after any guard of this session stops being valid other than by
+    /// the lease running out. A guard found valid after reading epoch `e` stays valid while
+    /// the epoch is still `e` and [`Self::lease_valid`] holds: a holder of many guards can
+    /// re-check one by two reads of shared, cache-hot state instead of the guard's own.
+    pub fn loss_epoch(&self) -> u64 {
+        self.losses.load(Ordering::Acquire)
+    }
+
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -162,7 +180,7 @@ impl SessionLink {
         for key in keys {
             if let Some(Slot::Held(weak)) = slots.get(key.as_str()) {
                 if let Some(g) = weak.upgrade() {
-                    g.mark_lost();
+                    self.lose(&g);
                 }
             }
         }
@@ -173,7 +191,7 @@ impl SessionLink {
         for slot in lock(&self.slots).values() {
             if let Slot::Held(weak) = slot {
                 if let Some(g) = weak.upgrade() {
-                    g.mark_lost();
+                    self.lose(&g);
                 }
             }
         }

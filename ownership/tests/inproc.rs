@@ -389,3 +389,40 @@ async fn close_frees_ports_at_once_and_loses_guards() {
         Err(OwnershipError::SessionClosed { .. })
     ));
 }
+
+#[tokio::test]
+async fn loss_epoch_moves_whenever_a_guard_stops_being_valid() {
+    let hub = InProcessHub::new();
+    let a = node(&hub, "a").await;
+    let mut gs = a
+        .claim(&["k/1", "k/2", "k/3"])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.granted().unwrap());
+    let (g1, g2, g3) = (gs.next().unwrap(), gs.next().unwrap(), gs.next().unwrap());
+    let e0 = a.loss_epoch();
+    assert!(a.lease_valid());
+    // Claims and renewals leave it alone: a reader's cached "still valid" stays usable.
+    let _g4 = a
+        .claim(&["k/4"])
+        .await
+        .unwrap()
+        .pop()
+        .unwrap()
+        .granted()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert_eq!(a.loss_epoch(), e0);
+    g1.release().await.unwrap();
+    let e1 = a.loss_epoch();
+    assert!(e1 > e0);
+    assert!(g2.is_valid());
+    drop(g2);
+    let e2 = a.loss_epoch();
+    assert!(e2 > e1);
+    assert!(g3.is_valid());
+    a.close().await.unwrap();
+    assert!(a.loss_epoch() > e2);
+    assert!(!g3.is_valid());
+}

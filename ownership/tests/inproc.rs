@@ -3,8 +3,15 @@
 mod common;
 
 use common::session_with;
-use keyward_ownership::{Claim, Coordinator, Event, InProcessHub, Mode, NodeId, OwnershipError};
+use keyward_ownership::{
+    Claim, Coordinator, Event, Guard, InProcessHub, Mode, NodeId, OwnershipError,
+};
 use std::time::Duration;
+
+/// One key claimed alone: its guard, or `None` when another node holds it.
+async fn grant(c: &Coordinator, key: &str) -> Option<Guard> {
+    c.claim(&[key]).await.unwrap().pop().unwrap().granted()
+}
 
 async fn node(hub: &InProcessHub, name: &str) -> Coordinator {
     hub.connect(session_with(name, Mode::Persistent, 3_000))
@@ -17,14 +24,7 @@ async fn claim_grants_and_reports_owner_with_endpoints() {
     let hub = InProcessHub::new();
     let a = node(&hub, "a").await;
     let b = node(&hub, "b").await;
-    let g = a
-        .claim(&["cache/db/t/1"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let g = grant(&a, "cache/db/t/1").await.unwrap();
     assert!(g.is_valid());
     assert!(g.token() > 0);
     match b.claim(&["cache/db/t/1"]).await.unwrap().pop().unwrap() {
@@ -90,14 +90,7 @@ async fn tokens_grow_across_owners_and_release_frees_the_key() {
     let mut last = 0;
     for round in 0..20 {
         let who = if round % 2 == 0 { &a } else { &b };
-        let g = who
-            .claim(&["vfs/v/f"])
-            .await
-            .unwrap()
-            .pop()
-            .unwrap()
-            .granted()
-            .unwrap();
+        let g = grant(who, "vfs/v/f").await.unwrap();
         assert!(g.token() > last, "token must grow");
         last = g.token();
         if round % 3 == 0 {
@@ -144,14 +137,7 @@ async fn a_guard_is_lost_when_its_lease_is_not_renewed() {
         .await
         .unwrap();
     let b = node(&hub, "b").await;
-    let g = a
-        .claim(&["cache/db/t/9"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let g = grant(&a, "cache/db/t/9").await.unwrap();
     assert!(g.is_valid());
     // No relet: the client stops believing at lease − margin, the hub frees at lease end.
     tokio::time::timeout(Duration::from_secs(2), g.lost())
@@ -173,14 +159,7 @@ async fn relet_keeps_a_lease_mode_session_alive() {
         .await
         .unwrap();
     let b = node(&hub, "b").await;
-    let g = a
-        .claim(&["k/relet"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let g = grant(&a, "k/relet").await.unwrap();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         a.relet().await.unwrap();
@@ -189,14 +168,7 @@ async fn relet_keeps_a_lease_mode_session_alive() {
         g.is_valid(),
         "renewed every 100 ms, a 300 ms lease must hold for 1 s"
     );
-    assert!(b
-        .claim(&["k/relet"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .is_none());
+    assert!(grant(&b, "k/relet").await.is_none());
 }
 
 #[tokio::test]
@@ -206,14 +178,7 @@ async fn persistent_heartbeats_keep_ports_past_many_leases() {
         .connect(session_with("a", Mode::Persistent, 150))
         .await
         .unwrap();
-    let g = a
-        .claim(&["k/hb"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let g = grant(&a, "k/hb").await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(g.is_valid());
 }
@@ -226,14 +191,7 @@ async fn a_paused_node_loses_its_guards_before_another_node_gets_them() {
         .await
         .unwrap();
     let b = node(&hub, "b").await;
-    let g = a
-        .claim(&["k/pause"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let g = grant(&a, "k/pause").await.unwrap();
     hub.set_paused(a.node_id(), true);
     let started = tokio::time::Instant::now();
     let got = b
@@ -254,14 +212,7 @@ async fn notify_on_release_and_wait_for_release() {
     let hub = InProcessHub::new();
     let a = node(&hub, "a").await;
     let b = node(&hub, "b").await;
-    let g = a
-        .claim(&["k/w"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let g = grant(&a, "k/w").await.unwrap();
     let mut events = b.messages("k/");
     assert!(b
         .claim_with(&["k/w"], true)
@@ -284,14 +235,7 @@ async fn notify_on_release_and_wait_for_release() {
         .unwrap();
     assert_eq!(ev, Event::Released { key: "k/w".into() });
     // A wait on a held key times out with a typed error.
-    let _g2 = a
-        .claim(&["k/held"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let _g2 = grant(&a, "k/held").await.unwrap();
     match b
         .wait_for_release("k/held", Duration::from_millis(100))
         .await
@@ -349,14 +293,7 @@ async fn port_limit_is_a_clear_error() {
         other => panic!("expected PortLimit, got {other:?}"),
     }
     drop(held);
-    assert!(a
-        .claim(&["p/4"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .is_some());
+    assert!(grant(&a, "p/4").await.is_some());
 }
 
 #[tokio::test]
@@ -364,26 +301,12 @@ async fn close_frees_ports_at_once_and_loses_guards() {
     let hub = InProcessHub::new();
     let a = node(&hub, "a").await;
     let b = node(&hub, "b").await;
-    let g = a
-        .claim(&["k/close"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let g = grant(&a, "k/close").await.unwrap();
     a.close().await.unwrap();
     tokio::time::timeout(Duration::from_millis(500), g.lost())
         .await
         .unwrap();
-    assert!(b
-        .claim(&["k/close"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .is_some());
+    assert!(grant(&b, "k/close").await.is_some());
     assert!(matches!(
         a.claim(&["k/x"]).await,
         Err(OwnershipError::SessionClosed { .. })
@@ -404,14 +327,7 @@ async fn loss_epoch_moves_whenever_a_guard_stops_being_valid() {
     let e0 = a.loss_epoch();
     assert!(a.lease_valid());
     // Claims and renewals leave it alone: a reader's cached "still valid" stays usable.
-    let _g4 = a
-        .claim(&["k/4"])
-        .await
-        .unwrap()
-        .pop()
-        .unwrap()
-        .granted()
-        .unwrap();
+    let _g4 = grant(&a, "k/4").await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     assert_eq!(a.loss_epoch(), e0);
     g1.release().await.unwrap();

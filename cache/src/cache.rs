@@ -43,6 +43,10 @@ pub(crate) enum Op {
     Get,
     Write(WriteOp),
     Invalidate,
+    /// Reads of many keys of one table in one frame, answered from the peer's memory only:
+    /// a key it does not hold ready comes back as `None`, and the caller routes that key
+    /// alone. One frame instead of one per key is what makes `get_many` a pipeline.
+    GetMany(Vec<Key>),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,6 +56,8 @@ pub(crate) enum Reply {
     Cas(bool),
     /// The answering node does not own the key; the owner's cache address when known.
     Redirect(Option<String>),
+    /// Per key of a `GetMany`: its value, or `None` when not served from memory there.
+    Values(Vec<Option<Option<Record>>>),
 }
 
 enum Look {
@@ -331,6 +337,77 @@ impl Cache {
             Reply::Value(v) => Ok(v),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Reads many keys: owned ones from memory, the others batched per owner into one frame
+    /// each (keys whose owner is known from an earlier call); the rest, and any key a batch
+    /// did not serve, go through [`Cache::get`] one by one.
+    pub(crate) async fn get_many(
+        &self,
+        ts: &Arc<TableState>,
+        pks: &[Key],
+    ) -> Result<Vec<Option<Record>>> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let mut out: Vec<Option<Option<Record>>> = vec![None; pks.len()];
+        let mut by_owner: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+        let mut alone: Vec<usize> = Vec::new();
+        for (i, pk) in pks.iter().enumerate() {
+            ts.check_pk(pk)?;
+            if let Some(v) = inner.hit(ts, pk) {
+                inc(&inner.c.hits);
+                out[i] = Some(v);
+                continue;
+            }
+            let key = inner.key_string(ts, pk)?;
+            if let Look::Hit(v) = inner.lookup(&key, true) {
+                inc(&inner.c.hits);
+                out[i] = Some(v);
+                continue;
+            }
+            match inner.route(&key) {
+                Some(addr) => match by_owner.iter_mut().find(|(a, _)| *a == addr) {
+                    Some((_, ix)) => ix.push(i),
+                    None => by_owner.push((addr, vec![i])),
+                },
+                None => alone.push(i),
+            }
+        }
+        let batches = by_owner.into_iter().map(|(addr, ix)| async move {
+            if ix.len() < 2 {
+                return (ix, None);
+            }
+            let op = Op::GetMany(ix.iter().map(|i| pks[*i].clone()).collect());
+            match inner.peers.call(&addr, ts.name(), &Vec::new(), &op).await {
+                Ok(Reply::Values(vs)) if vs.len() == ix.len() => (ix, Some(vs)),
+                // Anything else (an old peer, a broken connection): route key by key, which
+                // handles every failure the single-key path knows.
+                _ => (ix, None),
+            }
+        });
+        for (ix, got) in futures::future::join_all(batches).await {
+            match got {
+                Some(vs) => {
+                    inc(&inner.c.forward_batches);
+                    for (i, v) in ix.into_iter().zip(vs) {
+                        match v {
+                            Some(v) => {
+                                inc(&inner.c.forwards);
+                                out[i] = Some(v);
+                            }
+                            None => alone.push(i),
+                        }
+                    }
+                }
+                None => alone.extend(ix),
+            }
+        }
+        let singles = alone.iter().map(|i| self.get(ts, &pks[*i]));
+        let got = futures::future::try_join_all(singles).await?;
+        for (i, v) in alone.into_iter().zip(got) {
+            out[i] = Some(v);
+        }
+        Ok(out.into_iter().map(Option::flatten).collect())
     }
 
     pub(crate) async fn write(
@@ -784,6 +861,12 @@ impl Inner {
                         },
                         Op::Write(w) => self.write_local(ts, &key, pk, w).await?,
                         Op::Invalidate => Some(self.invalidate_local(&key).await?),
+                        Op::GetMany(_) => {
+                            return Err(CacheError::invalid(
+                                ts.name(),
+                                "a multi-key read is not routed by one key",
+                            ))
+                        }
                     };
                     if let Some(r) = r {
                         return Ok(r);
@@ -1071,6 +1154,9 @@ impl Inner {
 
     /// A peer's request answered from memory without waiting, if it can be.
     pub(crate) fn serve_peer_fast(&self, req: &Request) -> Option<Result<Reply, RemoteError>> {
+        if let Op::GetMany(pks) = &req.op {
+            return Some(self.serve_get_many(&req.table, pks));
+        }
         if !matches!(req.op, Op::Get) || self.closed.load(Ordering::Acquire) {
             return None;
         }
@@ -1087,6 +1173,29 @@ impl Inner {
         }
     }
 
+    /// The keys of a peer's `GetMany` that this node serves from memory right now.
+    fn serve_get_many(&self, table: &str, pks: &[Key]) -> Result<Reply, RemoteError> {
+        let err = |e: CacheError| RemoteError {
+            message: e.to_string(),
+        };
+        self.check_open().map_err(err)?;
+        let ts = self.table_state(table).map_err(err)?;
+        let mut out = Vec::with_capacity(pks.len());
+        for pk in pks {
+            ts.check_pk(pk).map_err(err)?;
+            let key = self.key_string(&ts, pk).map_err(err)?;
+            out.push(match self.lookup(&key, true) {
+                Look::Hit(v) => {
+                    inc(&self.c.hits);
+                    inc(&self.c.served_for_peers);
+                    Some(v)
+                }
+                _ => None,
+            });
+        }
+        Ok(Reply::Values(out))
+    }
+
     /// A peer's request, served as the owner (claiming the key if nobody holds it), or
     /// answered with a redirect to the owner.
     pub(crate) async fn serve_peer(
@@ -1095,6 +1204,9 @@ impl Inner {
         pk: Key,
         op: Op,
     ) -> Result<Reply, RemoteError> {
+        if let Op::GetMany(pks) = &op {
+            return self.serve_get_many(&table, pks);
+        }
         inc(&self.c.served_for_peers);
         let r = async {
             self.check_open()?;

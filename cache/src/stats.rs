@@ -8,6 +8,7 @@ pub(crate) struct Counters {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
     pub forwards: AtomicU64,
+    pub forward_batches: AtomicU64,
     pub served_for_peers: AtomicU64,
     pub writes: AtomicU64,
     pub flushed_rows: AtomicU64,
@@ -39,6 +40,8 @@ pub struct CacheStats {
     pub misses: u64,
     /// Calls this node forwarded to another owner.
     pub forwards: u64,
+    /// Frames that carried several of those forwarded reads at once (`get_many`).
+    pub forward_batches: u64,
     /// Calls this node served for other nodes.
     pub served_for_peers: u64,
     /// Writes applied at this node as the owner.
@@ -76,6 +79,7 @@ impl Counters {
             hits: g(&self.hits),
             misses: g(&self.misses),
             forwards: g(&self.forwards),
+            forward_batches: g(&self.forward_batches),
             served_for_peers: g(&self.served_for_peers),
             writes,
             flushed_rows: rows,

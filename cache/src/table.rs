@@ -177,8 +177,7 @@ impl RawTable {
     }
 
     pub async fn get_many(&self, pks: &[Key]) -> Result<Vec<Option<Record>>> {
-        let calls = pks.iter().map(|pk| self.cache.get(&self.ts, pk));
-        futures::future::try_join_all(calls).await
+        self.cache.get_many(&self.ts, pks).await
     }
 
     /// Inserts or replaces the record (its primary key is taken from it).

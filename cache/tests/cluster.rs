@@ -202,6 +202,66 @@ async fn read_your_writes_from_any_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_sends_one_frame_per_owner_and_routes_the_rest_alone() {
+    let c = Cluster::new().await;
+    let a = c.node().await;
+    let b = c.node().await;
+    let ta = a
+        .cache
+        .table::<Item>(items_def("many"), TableOptions::default())
+        .await
+        .unwrap();
+    let tb = b
+        .cache
+        .table::<Item>(items_def("many"), TableOptions::default())
+        .await
+        .unwrap();
+    let item = |i: usize, v: &str| Item {
+        id: format!("m/{i}"),
+        v: v.into(),
+    };
+    for i in 0..20 {
+        ta.put(&item(i, "a")).await.unwrap();
+    }
+    // Keys 0..20 are A's; m/20 was never written (nobody owns it, so B claims it and reads
+    // None); m/21 is B's own.
+    tb.put(&item(21, "b")).await.unwrap();
+    let pks: Vec<Vec<Value>> = (0..22).map(|i| sk(&format!("m/{i}"))).collect();
+    let expect = |over: &[(usize, &str)]| -> Vec<Option<Item>> {
+        (0..22)
+            .map(|i| match i {
+                20 => None,
+                21 => Some(item(21, "b")),
+                _ => Some(item(
+                    i,
+                    over.iter().find(|(j, _)| *j == i).map_or("a", |(_, v)| *v),
+                )),
+            })
+            .collect()
+    };
+    // First call: no owner known yet, every key is routed alone and its owner remembered.
+    assert_eq!(tb.get_many(&pks).await.unwrap(), expect(&[]));
+    assert_eq!(b.cache.stats().forward_batches, 0);
+    // Second call: A's keys go in one frame, and see A's latest writes.
+    ta.put(&item(7, "a2")).await.unwrap();
+    let before = b.cache.stats();
+    assert_eq!(tb.get_many(&pks).await.unwrap(), expect(&[(7, "a2")]));
+    let after = b.cache.stats();
+    assert_eq!(after.forward_batches - before.forward_batches, 1);
+    assert_eq!(after.forwards - before.forwards, 20);
+    // A key A gave up (its route at B is now stale) comes back empty from the batch and is
+    // routed alone: still the right value.
+    ta.invalidate(&[sk("m/3")]).await.unwrap();
+    ta.put(&item(5, "a3")).await.unwrap();
+    assert_eq!(
+        tb.get_many(&pks).await.unwrap(),
+        expect(&[(7, "a2"), (5, "a3")])
+    );
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_updated_from_many_nodes_ends_exact() {
     let c = Cluster::new().await;
     let nodes = vec![c.node().await, c.node().await, c.node().await];

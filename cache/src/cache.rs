@@ -56,8 +56,17 @@ pub(crate) enum Reply {
     Cas(bool),
     /// The answering node does not own the key; the owner's cache address when known.
     Redirect(Option<String>),
-    /// Per key of a `GetMany`: its value, or `None` when not served from memory there.
-    Values(Vec<Option<Option<Record>>>),
+    /// Per key of a `GetMany`, in order.
+    Values(Vec<Served>),
+}
+
+/// One key's answer in a `GetMany` reply. An enum rather than `Option<Option<Record>>`, whose
+/// `Some(None)` (the owner knows the key is absent) would read back as `None` from JSON.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Served {
+    Value(Option<Record>),
+    /// Not held ready in the owner's memory: route this key alone.
+    NotHeld,
 }
 
 enum Look {
@@ -133,6 +142,12 @@ impl Drop for Flight<'_> {
         }
     }
 }
+
+/// Keys per `GetMany` frame.
+const GET_MANY_KEYS: usize = 256;
+/// Bytes of values (estimated) in one `GetMany` reply before the remaining keys come back
+/// empty.
+const GET_MANY_REPLY_BYTES: usize = 1 << 20;
 
 fn compute(ts: &TableState, pk: &Key, cur: Option<&Record>, op: &WriteOp) -> Result<Computed> {
     Ok(match op {
@@ -373,7 +388,14 @@ impl Cache {
                 None => alone.push(i),
             }
         }
-        let batches = by_owner.into_iter().map(|(addr, ix)| async move {
+        // Frames stay small: a few hundred keys each, so that no reply nears the frame limit
+        // (which would end the connection and every call in flight on it).
+        let by_owner = by_owner.into_iter().flat_map(|(addr, ix)| {
+            ix.chunks(GET_MANY_KEYS)
+                .map(|c| (addr.clone(), c.to_vec()))
+                .collect::<Vec<_>>()
+        });
+        let batches = by_owner.map(|(addr, ix)| async move {
             if ix.len() < 2 {
                 return (ix, None);
             }
@@ -391,11 +413,11 @@ impl Cache {
                     inc(&inner.c.forward_batches);
                     for (i, v) in ix.into_iter().zip(vs) {
                         match v {
-                            Some(v) => {
+                            Served::Value(v) => {
                                 inc(&inner.c.forwards);
                                 out[i] = Some(v);
                             }
-                            None => alone.push(i),
+                            Served::NotHeld => alone.push(i),
                         }
                     }
                 }
@@ -1181,16 +1203,24 @@ impl Inner {
         self.check_open().map_err(err)?;
         let ts = self.table_state(table).map_err(err)?;
         let mut out = Vec::with_capacity(pks.len());
+        // Past this many bytes of values the other keys come back empty: the caller reads
+        // them one by one, and the reply frame stays far below the frame limit.
+        let mut left = GET_MANY_REPLY_BYTES;
         for pk in pks {
             ts.check_pk(pk).map_err(err)?;
+            if left == 0 {
+                out.push(Served::NotHeld);
+                continue;
+            }
             let key = self.key_string(&ts, pk).map_err(err)?;
             out.push(match self.lookup(&key, true) {
                 Look::Hit(v) => {
+                    left = left.saturating_sub(crate::store::record_size(v.as_ref()) + 1);
                     inc(&self.c.hits);
                     inc(&self.c.served_for_peers);
-                    Some(v)
+                    Served::Value(v)
                 }
-                _ => None,
+                _ => Served::NotHeld,
             });
         }
         Ok(Reply::Values(out))

@@ -56,10 +56,13 @@ fn value_size(v: &Value) -> usize {
     }
 }
 
+/// Bytes a record takes in memory (an estimate, also used to bound reply frames).
+pub(crate) fn record_size(value: Option<&Record>) -> usize {
+    value.map_or(0, |r| r.iter().map(value_size).sum())
+}
+
 pub(crate) fn entry_size(key: &str, pk: &Key, value: Option<&Record>) -> usize {
-    160 + key.len()
-        + pk.iter().map(value_size).sum::<usize>()
-        + value.map_or(0, |r| r.iter().map(value_size).sum())
+    160 + key.len() + pk.iter().map(value_size).sum::<usize>() + record_size(value)
 }
 
 /// See [`Entry::text_at`].

@@ -262,6 +262,45 @@ async fn get_many_sends_one_frame_per_owner_and_routes_the_rest_alone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_of_many_large_values_is_cut_into_bounded_frames() {
+    let c = Cluster::new().await;
+    let a = c.node().await;
+    let b = c.node().await;
+    let ta = a
+        .cache
+        .table::<Item>(items_def("big"), TableOptions::default())
+        .await
+        .unwrap();
+    let tb = b
+        .cache
+        .table::<Item>(items_def("big"), TableOptions::default())
+        .await
+        .unwrap();
+    // 600 keys of 6 KiB: three frames of keys (256 + 256 + 88), and about 1.5 MiB of values
+    // asked in each of the first two, past the reply budget: the keys past it come back empty
+    // and must still be read right, one by one.
+    let item = |i: usize| Item {
+        id: format!("b/{i}"),
+        v: format!("{i:0>6144}"),
+    };
+    for i in 0..600 {
+        ta.put(&item(i)).await.unwrap();
+    }
+    let pks: Vec<Vec<Value>> = (0..600).map(|i| sk(&format!("b/{i}"))).collect();
+    // The first call learns the owner of each key; the second batches.
+    tb.get_many(&pks).await.unwrap();
+    let before = b.cache.stats();
+    let got = tb.get_many(&pks).await.unwrap();
+    let after = b.cache.stats();
+    assert_eq!(got, (0..600).map(|i| Some(item(i))).collect::<Vec<_>>());
+    assert_eq!(after.forward_batches - before.forward_batches, 3);
+    // Every key served once per call, whether in a frame or alone after the cut.
+    assert_eq!(a.cache.stats().served_for_peers, 1200);
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_updated_from_many_nodes_ends_exact() {
     let c = Cluster::new().await;
     let nodes = vec![c.node().await, c.node().await, c.node().await];

@@ -44,8 +44,8 @@ pub(crate) enum Op {
     Write(WriteOp),
     Invalidate,
     /// Reads of many keys of one table in one frame, answered from the peer's memory only:
-    /// a key it does not hold ready comes back as `None`, and the caller routes that key
-    /// alone. One frame instead of one per key is what makes `get_many` a pipeline.
+    /// a key it does not hold ready comes back as [`Served::NotHeld`], and the caller routes
+    /// that key alone. One frame instead of one per key is what makes `get_many` a pipeline.
     GetMany(Vec<Key>),
 }
 
@@ -146,7 +146,7 @@ impl Drop for Flight<'_> {
 /// Keys per `GetMany` frame.
 const GET_MANY_KEYS: usize = 256;
 /// Bytes of values (estimated) in one `GetMany` reply before the remaining keys come back
-/// empty.
+/// as [`Served::NotHeld`].
 const GET_MANY_REPLY_BYTES: usize = 1 << 20;
 
 fn compute(ts: &TableState, pk: &Key, cur: Option<&Record>, op: &WriteOp) -> Result<Computed> {
@@ -1203,7 +1203,7 @@ impl Inner {
         self.check_open().map_err(err)?;
         let ts = self.table_state(table).map_err(err)?;
         let mut out = Vec::with_capacity(pks.len());
-        // Past this many bytes of values the other keys come back empty: the caller reads
+        // Past this many bytes of values the other keys come back not held: the caller reads
         // them one by one, and the reply frame stays far below the frame limit.
         let mut left = GET_MANY_REPLY_BYTES;
         for pk in pks {

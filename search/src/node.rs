@@ -113,6 +113,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// How long opening a shard waits for this node's own earlier guard of it to be released.
+const OWN_RELEASE_WAIT: Duration = Duration::from_secs(2);
+
 pub fn shard_key(index: &str, shard: u32) -> String {
     format!("search/{}/{shard}", encode_key_part(index))
 }
@@ -275,21 +278,30 @@ impl SearchService {
         if let Some(s) = self.local(meta, shard) {
             return Ok(Route::Local(s));
         }
-        let claim = node
-            .coord
-            .claim(&[&key])
-            .await
-            .map_err(|e| SearchError::Unavailable(format!("ownership service: {e}")))?
-            .pop();
-        let guard = match claim {
-            Some(Claim::Granted(g)) => g,
-            Some(Claim::OwnedBy(o)) if o.node != *node.coord.node_id() => {
-                return self.remote(&key, o.endpoint("search"), local_only)
-            }
-            _ => {
-                return Err(SearchError::Unavailable(format!(
-                    "shard {key} is held by this node but not open; retry"
-                )))
+        let deadline = tokio::time::Instant::now() + OWN_RELEASE_WAIT;
+        let guard = loop {
+            let claim = node
+                .coord
+                .claim(&[&key])
+                .await
+                .map_err(|e| SearchError::Unavailable(format!("ownership service: {e}")))?
+                .pop();
+            match claim {
+                Some(Claim::Granted(g)) => break g,
+                Some(Claim::OwnedBy(o)) if o.node != *node.coord.node_id() => {
+                    return self.remote(&key, o.endpoint("search"), local_only)
+                }
+                // A shard this node closed (its index deleted and made again, or dropped
+                // after a lapse) releases its port in the background: the port is still ours
+                // until that release arrives, and the claim succeeds right after.
+                Some(Claim::OwnedBy(_)) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                _ => {
+                    return Err(SearchError::Unavailable(format!(
+                        "shard {key} is held by this node but not open; retry"
+                    )))
+                }
             }
         };
         let s = Shard::open(OpenArgs {

@@ -482,6 +482,24 @@ async fn writes_replace_update_delete_and_stats() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_deleted_and_made_again_is_served_at_once() {
+    let (n, _d) = node().await;
+    // Deleting an index closes its shard and releases the shard's port in the background;
+    // a new index of the same name must wait that release out, not answer 503.
+    for i in 0..30 {
+        n.post("/indexes", &docs_schema("again")).await;
+        n.post(
+            "/indexes/again/documents?wait=true",
+            &json!([{"id": i, "title": "again and again"}]),
+        )
+        .await;
+        assert_eq!(n.search("again", json!({"q": "again"})).await["total"], 1);
+        let (s, _) = n.send("DELETE", "/indexes/again", None).await;
+        assert_eq!(s, 200, "round {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_input_gets_a_4xx_with_the_error_shape() {
     let dir = tempfile::tempdir().unwrap();
     let hub = InProcessHub::new();

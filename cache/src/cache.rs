@@ -336,15 +336,10 @@ impl Cache {
         let inner = &self.inner;
         inner.check_open()?;
         ts.check_pk(pk)?;
-        if let Some(v) = inner.hit(ts, pk) {
-            inc(&inner.c.hits);
-            return Ok(v);
-        }
-        let key = inner.key_string(ts, pk)?;
-        if let Look::Hit(v) = inner.lookup(&key, true) {
-            inc(&inner.c.hits);
-            return Ok(v);
-        }
+        let key = match inner.read_here(ts, pk)? {
+            Ok(v) => return Ok(v),
+            Err(key) => key,
+        };
         match inner
             .execute(ts, key.into(), &pk.to_vec(), &Op::Get, true)
             .await?
@@ -369,17 +364,13 @@ impl Cache {
         let mut alone: Vec<usize> = Vec::new();
         for (i, pk) in pks.iter().enumerate() {
             ts.check_pk(pk)?;
-            if let Some(v) = inner.hit(ts, pk) {
-                inc(&inner.c.hits);
-                out[i] = Some(v);
-                continue;
-            }
-            let key = inner.key_string(ts, pk)?;
-            if let Look::Hit(v) = inner.lookup(&key, true) {
-                inc(&inner.c.hits);
-                out[i] = Some(v);
-                continue;
-            }
+            let key = match inner.read_here(ts, pk)? {
+                Ok(v) => {
+                    out[i] = Some(v);
+                    continue;
+                }
+                Err(key) => key,
+            };
             match inner.route(&key) {
                 Some(addr) => match by_owner.iter_mut().find(|(a, _)| *a == addr) {
                     Some((_, ix)) => ix.push(i),
@@ -618,6 +609,25 @@ impl Inner {
             e.valid_epoch = epoch;
         }
         Some(e.value.clone())
+    }
+
+    /// A read served from this node's memory as the owner (`Ok`, counted as a hit), or the
+    /// key's string for routing it elsewhere (`Err`).
+    fn read_here(
+        &self,
+        ts: &Arc<TableState>,
+        pk: &[Value],
+    ) -> Result<std::result::Result<Option<Record>, String>> {
+        if let Some(v) = self.hit(ts, pk) {
+            inc(&self.c.hits);
+            return Ok(Ok(v));
+        }
+        let key = self.key_string(ts, pk)?;
+        if let Look::Hit(v) = self.lookup(&key, true) {
+            inc(&self.c.hits);
+            return Ok(Ok(v));
+        }
+        Ok(Err(key))
     }
 
     /// The owner-side view of a key in memory. Entries whose ownership lapsed are taken out:

@@ -114,6 +114,13 @@ async fn counters(n: &Node) -> CacheTable<Counter> {
     t
 }
 
+async fn items(n: &Node, name: &str) -> CacheTable<Item> {
+    n.cache
+        .table(items_def(name), TableOptions::default())
+        .await
+        .unwrap()
+}
+
 fn k(i: i64) -> Vec<Value> {
     vec![Value::I64(i)]
 }
@@ -128,12 +135,7 @@ async fn read_your_writes_from_any_node() {
     let nodes = vec![c.node().await, c.node().await, c.node().await];
     let mut tables = Vec::new();
     for n in &nodes {
-        tables.push(
-            n.cache
-                .table::<Item>(items_def("items"), TableOptions::default())
-                .await
-                .unwrap(),
-        );
+        tables.push(items(n, "items").await);
     }
     for i in 0..30 {
         let id = format!("k/{i}");
@@ -206,16 +208,8 @@ async fn get_many_sends_one_frame_per_owner_and_routes_the_rest_alone() {
     let c = Cluster::new().await;
     let a = c.node().await;
     let b = c.node().await;
-    let ta = a
-        .cache
-        .table::<Item>(items_def("many"), TableOptions::default())
-        .await
-        .unwrap();
-    let tb = b
-        .cache
-        .table::<Item>(items_def("many"), TableOptions::default())
-        .await
-        .unwrap();
+    let ta = items(&a, "many").await;
+    let tb = items(&b, "many").await;
     let item = |i: usize, v: &str| Item {
         id: format!("m/{i}"),
         v: v.into(),
@@ -266,16 +260,8 @@ async fn get_many_of_many_large_values_is_cut_into_bounded_frames() {
     let c = Cluster::new().await;
     let a = c.node().await;
     let b = c.node().await;
-    let ta = a
-        .cache
-        .table::<Item>(items_def("big"), TableOptions::default())
-        .await
-        .unwrap();
-    let tb = b
-        .cache
-        .table::<Item>(items_def("big"), TableOptions::default())
-        .await
-        .unwrap();
+    let ta = items(&a, "big").await;
+    let tb = items(&b, "big").await;
     // 600 keys of 6 KiB: three frames of keys (256 + 256 + 88), and about 1.5 MiB of values
     // asked in each of the first two, past the reply budget: the keys past it come back empty
     // and must still be read right, one by one.

@@ -4,10 +4,11 @@
 use crate::config::CacheConfig;
 use crate::error::{CacheError, Result};
 use crate::journal::{self, decode_row, journal_def, journal_key, JReq};
-use crate::keys::{cache_key, KeyHash, Tail};
+use crate::keys::{cache_key, hash_key, KeyHash, Tail};
 use crate::peer::client::{CallError, Pool};
 use crate::peer::proto::{RemoteError, Request};
 use crate::peer::{server, PeerListener};
+use crate::routes::{Grouped, Routes};
 use crate::stats::{inc, CacheStats, Counters};
 use crate::store::{entry_size, lock, prefetch, text_at, Entry, Store};
 use crate::table::{CacheTable, RawTable, TableOptions, TableState, WriteMode};
@@ -86,8 +87,20 @@ enum Computed {
     NoWrite(Reply),
 }
 
-/// Most owner addresses remembered; the map is cleared past this (it is only a hint).
-const MAX_ROUTES: usize = 1 << 18;
+/// What the owner's fast read path found.
+enum Probe {
+    Hit(Option<Record>),
+    /// Not in memory here (and not being evicted): the key's hash, for routing.
+    Absent(u64),
+    /// The general path must decide.
+    Other,
+}
+
+/// A key to be read from another node: its hash, or its string when that was built anyway.
+enum Elsewhere {
+    Hash(u64),
+    Key(String),
+}
 
 pub(crate) struct Inner {
     pub cfg: CacheConfig,
@@ -98,7 +111,7 @@ pub(crate) struct Inner {
     pub journal: mpsc::UnboundedSender<JReq>,
     pub store: Store,
     pub tables: RwLock<HashMap<String, Arc<TableState>>>,
-    routes: Mutex<HashMap<Arc<str>, Arc<str>>>,
+    routes: Routes,
     pending: Mutex<HashMap<Arc<str>, Arc<Notify>>>,
     pub peers: Pool,
     pub c: Arc<Counters>,
@@ -243,7 +256,7 @@ impl Cache {
             jtable: jtable.clone(),
             journal: jtx,
             tables: RwLock::new(HashMap::new()),
-            routes: Mutex::new(HashMap::new()),
+            routes: Routes::default(),
             pending: Mutex::new(HashMap::new()),
             c: c.clone(),
             seq: AtomicU64::new(1),
@@ -338,7 +351,8 @@ impl Cache {
         ts.check_pk(pk)?;
         let key = match inner.read_here(ts, pk)? {
             Ok(v) => return Ok(v),
-            Err(key) => key,
+            Err(Elsewhere::Key(key)) => key,
+            Err(Elsewhere::Hash(_)) => inner.key_string(ts, pk)?,
         };
         match inner
             .execute(ts, key.into(), &pk.to_vec(), &Op::Get, true)
@@ -360,25 +374,19 @@ impl Cache {
         let inner = &self.inner;
         inner.check_open()?;
         let mut out: Vec<Option<Option<Record>>> = vec![None; pks.len()];
-        let mut by_owner: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
-        let mut alone: Vec<usize> = Vec::new();
+        let mut elsewhere: Vec<(usize, u64)> = Vec::new();
         for (i, pk) in pks.iter().enumerate() {
             ts.check_pk(pk)?;
-            let key = match inner.read_here(ts, pk)? {
-                Ok(v) => {
-                    out[i] = Some(v);
-                    continue;
-                }
-                Err(key) => key,
-            };
-            match inner.route(&key) {
-                Some(addr) => match by_owner.iter_mut().find(|(a, _)| *a == addr) {
-                    Some((_, ix)) => ix.push(i),
-                    None => by_owner.push((addr, vec![i])),
-                },
-                None => alone.push(i),
+            match inner.read_here(ts, pk)? {
+                Ok(v) => out[i] = Some(v),
+                Err(Elsewhere::Hash(h)) => elsewhere.push((i, h)),
+                Err(Elsewhere::Key(key)) => elsewhere.push((i, hash_key(&key))),
             }
         }
+        let Grouped {
+            by_owner,
+            unknown: mut alone,
+        } = inner.routes.group(elsewhere);
         // Frames stay small: a few hundred keys each, so that no reply nears the frame limit
         // (which would end the connection and every call in flight on it).
         let by_owner = by_owner.into_iter().flat_map(|(addr, ix)| {
@@ -558,32 +566,39 @@ impl Inner {
     }
 
     fn route(&self, key: &str) -> Option<Arc<str>> {
-        lock(&self.routes).get(key).cloned()
+        self.routes.get(hash_key(key))
     }
 
-    fn remember(&self, key: &Arc<str>, addr: Arc<str>) {
-        let mut r = lock(&self.routes);
-        if r.len() >= MAX_ROUTES {
-            r.clear();
-        }
-        r.insert(key.clone(), addr);
+    fn remember(&self, key: &str, addr: Arc<str>) {
+        self.routes.remember(hash_key(key), addr);
     }
 
     fn forget_route(&self, key: &str) {
-        lock(&self.routes).remove(key);
+        self.routes.forget(hash_key(key));
     }
 
     /// The owner's read path for a key it holds, valid and fresh, found without building its
-    /// key string. `None` sends the call down the general path ([`lookup`](Self::lookup) and
-    /// on), which also handles every other case: not held, lapsed, expired, other pk types.
-    fn hit(&self, ts: &Arc<TableState>, pk: &[Value]) -> Option<Option<Record>> {
+    /// key string. [`Probe::Other`] sends the call down the general path
+    /// ([`lookup`](Self::lookup) and on), which also handles every other case: lapsed,
+    /// expired, being evicted, other pk types.
+    fn hit(&self, ts: &Arc<TableState>, pk: &[Value]) -> Probe {
         if ts.key_prefix.is_empty() {
-            return None;
+            return Probe::Other;
         }
-        let tail = Tail::of(pk)?;
+        let Some(tail) = Tail::of(pk) else {
+            return Probe::Other;
+        };
         let hash = ts.prefix_hash.bytes(tail.as_bytes()).finish();
         let mut sh = self.store.shard_of(hash);
-        let e = sh.map.get_by_tail(hash, Arc::as_ptr(ts), tail.as_bytes())?;
+        let evicting = !sh.evicting.is_empty();
+        let Some(e) = sh.map.get_by_tail(hash, Arc::as_ptr(ts), tail.as_bytes()) else {
+            // A key on its way out may still come back (`lookup` knows how).
+            return if evicting {
+                Probe::Other
+            } else {
+                Probe::Absent(hash)
+            };
+        };
         // The record's buffer and its text's are each a likely cache miss, and the text's
         // address would be known only after the record's arrived: both addresses are in the
         // slot, so both loads start now and overlap (two lines of text: 100-byte values
@@ -597,37 +612,43 @@ impl Inner {
         }
         // The same tests as `lookup`, in the order that reads the least.
         if e.expires.is_some_and(|t| Instant::now() >= t) && !e.is_dirty() {
-            return None;
+            return Probe::Other;
         }
         // The guard is two dependent loads away, each a likely miss; the session's loss epoch
         // and lease are shared by every key and stay in the CPU cache.
         let epoch = self.coord.loss_epoch();
         if e.valid_epoch != epoch || !self.coord.lease_valid() {
             if !e.guard.is_valid() {
-                return None;
+                return Probe::Other;
             }
             e.valid_epoch = epoch;
         }
-        Some(e.value.clone())
+        Probe::Hit(e.value.clone())
     }
 
-    /// A read served from this node's memory as the owner (`Ok`, counted as a hit), or the
-    /// key's string for routing it elsewhere (`Err`).
+    /// A read served from this node's memory as the owner (`Ok`, counted as a hit), or what
+    /// routing it elsewhere needs (`Err`).
     fn read_here(
         &self,
         ts: &Arc<TableState>,
         pk: &[Value],
-    ) -> Result<std::result::Result<Option<Record>, String>> {
-        if let Some(v) = self.hit(ts, pk) {
-            inc(&self.c.hits);
-            return Ok(Ok(v));
+    ) -> Result<std::result::Result<Option<Record>, Elsewhere>> {
+        match self.hit(ts, pk) {
+            Probe::Hit(v) => {
+                inc(&self.c.hits);
+                return Ok(Ok(v));
+            }
+            // Not here, and nothing the general path could find either: no key string needed
+            // to route it by its hash.
+            Probe::Absent(hash) => return Ok(Err(Elsewhere::Hash(hash))),
+            Probe::Other => {}
         }
         let key = self.key_string(ts, pk)?;
         if let Look::Hit(v) = self.lookup(&key, true) {
             inc(&self.c.hits);
             return Ok(Ok(v));
         }
-        Ok(Err(key))
+        Ok(Err(Elsewhere::Key(key)))
     }
 
     /// The owner-side view of a key in memory. Entries whose ownership lapsed are taken out:
@@ -1222,8 +1243,15 @@ impl Inner {
                 out.push(Served::NotHeld);
                 continue;
             }
-            let key = self.key_string(&ts, pk).map_err(err)?;
-            out.push(match self.lookup(&key, true) {
+            let look = match self.hit(&ts, pk) {
+                Probe::Hit(v) => Look::Hit(v),
+                Probe::Absent(_) => Look::Missing,
+                Probe::Other => {
+                    let key = self.key_string(&ts, pk).map_err(err)?;
+                    self.lookup(&key, true)
+                }
+            };
+            out.push(match look {
                 Look::Hit(v) => {
                     left = left.saturating_sub(crate::store::record_size(v.as_ref()) + 1);
                     inc(&self.c.hits);

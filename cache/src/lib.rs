@@ -14,6 +14,7 @@ mod journal;
 mod keys;
 mod mapping;
 mod peer;
+mod routes;
 mod stats;
 mod store;
 mod table;

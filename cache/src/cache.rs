@@ -35,6 +35,7 @@ pub(crate) enum WriteOp {
     },
     Update {
         name: String,
+        #[serde(with = "keyward_dbc::value::json_text")]
         arg: serde_json::Value,
     },
 }

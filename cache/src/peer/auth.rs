@@ -5,7 +5,8 @@ use sha2::Sha256;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-const MAGIC: &[u8; 4] = b"KWC1";
+/// The protocol's version is in its magic: KWC1 framed JSON, KWC2 framed postcard.
+const MAGIC: &[u8; 4] = b"KWC2";
 const NONCE: usize = 16;
 const TAG: usize = 32;
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -62,7 +63,11 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     let mut hello = [0u8; 4 + NONCE];
     s.read_exact(&mut hello).await?;
     if &hello[..4] != MAGIC {
-        return Err(bad("not a keyward cache peer"));
+        return Err(bad(if hello.starts_with(b"KWC") {
+            "cache peer speaks another version of the peer protocol: upgrade all nodes together"
+        } else {
+            "not a keyward cache peer"
+        }));
     }
     let sn = &hello[4..];
     let cn: [u8; NONCE] = rand::random();
@@ -81,4 +86,27 @@ pub(crate) async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         return Err(bad("cache peer failed to prove the cluster secret"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_of_another_protocol_version_is_named_as_such() {
+        let (mut c, mut s) = tokio::io::duplex(256);
+        let mut old = b"KWC1".to_vec();
+        old.extend_from_slice(&[0u8; NONCE]);
+        s.write_all(&old).await.unwrap();
+        let e = connect(&mut c, b"secret").await.unwrap_err();
+        assert!(e.to_string().contains("another version"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn peers_with_one_secret_agree() {
+        let (mut c, mut s) = tokio::io::duplex(256);
+        let (a, b) = tokio::join!(accept(&mut s, b"secret"), connect(&mut c, b"secret"));
+        a.unwrap();
+        b.unwrap();
+    }
 }

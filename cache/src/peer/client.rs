@@ -110,7 +110,7 @@ impl Pool {
             tokio::spawn(async move {
                 let mut input = FramedRead::new(r, codec());
                 while let Some(Ok(frame)) = input.next().await {
-                    let Ok(resp) = serde_json::from_slice::<Response>(&frame) else {
+                    let Ok(resp) = postcard::from_bytes::<Response>(&frame) else {
                         tracing::warn!("cache peer sent an unreadable frame");
                         break;
                     };
@@ -151,7 +151,7 @@ impl Pool {
             pk: &'a Key,
             op: &'a Op,
         }
-        let frame = serde_json::to_vec(&Out { id, table, pk, op })
+        let frame = postcard::to_stdvec(&Out { id, table, pk, op })
             .map_err(|e| CallError::NotSent(format!("encode request: {e}")))?;
         // Keep the wire shape in one place: `Out` must serialize exactly as `Request`.
         let _: fn(Request) = |_| {};

@@ -90,7 +90,7 @@ async fn serve(mut s: TcpStream, inner: Weak<Inner>, secret: &[u8]) -> std::io::
         let mut input = FramedRead::new(r, codec());
         while let Some(frame) = input.next().await {
             let frame = frame?;
-            let req: Request = serde_json::from_slice(&frame)
+            let req: Request = postcard::from_bytes(&frame)
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
             let Some(cache) = inner.upgrade() else { break };
             // Owner-local reads are answered inline; anything that may wait runs on its own.
@@ -118,7 +118,7 @@ fn send(
     id: u64,
     result: Result<crate::cache::Reply, RemoteError>,
 ) {
-    match serde_json::to_vec(&Response { id, result }) {
+    match postcard::to_stdvec(&Response { id, result }) {
         Ok(b) => {
             let _ = tx.send(Bytes::from(b));
         }
@@ -129,7 +129,7 @@ fn send(
                     message: format!("encode reply: {e}"),
                 }),
             };
-            if let Ok(b) = serde_json::to_vec(&r) {
+            if let Ok(b) = postcard::to_stdvec(&r) {
                 let _ = tx.send(Bytes::from(b));
             }
         }

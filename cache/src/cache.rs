@@ -6,7 +6,7 @@ use crate::error::{CacheError, Result};
 use crate::journal::{self, decode_row, journal_def, journal_key, JReq};
 use crate::keys::{cache_key, hash_key, KeyHash, Tail};
 use crate::peer::client::{CallError, Pool};
-use crate::peer::proto::{RemoteError, Request};
+use crate::peer::proto::{GetManyRef, RemoteError, Request};
 use crate::peer::{server, PeerListener};
 use crate::routes::{Grouped, Routes};
 use crate::stats::{inc, CacheStats, Counters};
@@ -399,8 +399,13 @@ impl Cache {
             if ix.len() < 2 {
                 return (ix, None);
             }
-            let op = Op::GetMany(ix.iter().map(|i| pks[*i].clone()).collect());
-            match inner.peers.call(&addr, ts.name(), &Vec::new(), &op).await {
+            let keys: Vec<&Key> = ix.iter().map(|i| &pks[*i]).collect();
+            let op = GetManyRef(&keys);
+            match inner
+                .peers
+                .call_with(&addr, ts.name(), &Vec::new(), &op)
+                .await
+            {
                 Ok(Reply::Values(vs)) if vs.len() == ix.len() => (ix, Some(vs)),
                 // Anything else (an old peer, a broken connection): route key by key, which
                 // handles every failure the single-key path knows.

@@ -142,14 +142,26 @@ impl Pool {
         pk: &Key,
         op: &Op,
     ) -> Result<Reply, CallError> {
+        self.call_with(addr, table, pk, op).await
+    }
+
+    /// As [`call`](Self::call), with the operation in any form that writes as an [`Op`]
+    /// (such as [`GetManyRef`](super::proto::GetManyRef)).
+    pub async fn call_with<O: serde::Serialize>(
+        &self,
+        addr: &str,
+        table: &str,
+        pk: &Key,
+        op: &O,
+    ) -> Result<Reply, CallError> {
         let conn = self.conn(addr).await?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         #[derive(serde::Serialize)]
-        struct Out<'a> {
+        struct Out<'a, O> {
             id: u64,
             table: &'a str,
             pk: &'a Key,
-            op: &'a Op,
+            op: &'a O,
         }
         let frame = postcard::to_stdvec(&Out { id, table, pk, op })
             .map_err(|e| CallError::NotSent(format!("encode request: {e}")))?;

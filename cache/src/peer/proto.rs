@@ -21,6 +21,17 @@ pub(crate) struct Request {
     pub op: Op,
 }
 
+/// An [`Op::GetMany`] written from the caller's keys without copying them: the same bytes as
+/// the owned variant (checked by a test), which the peer decodes as an `Op`.
+pub(crate) struct GetManyRef<'a>(pub &'a [&'a Key]);
+
+impl Serialize for GetManyRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // `Op`'s variants in declaration order: Get, Write, Invalidate, GetMany.
+        s.serialize_newtype_variant("Op", 3, "GetMany", self.0)
+    }
+}
+
 /// Why a peer could not serve a request, kept apart from a successful [`Reply`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct RemoteError {
@@ -110,6 +121,22 @@ mod tests {
         // The journal and other JSON stay as they were: a JSON value appears as itself.
         let j = serde_json::to_string(&Value::Json(Box::new(serde_json::json!({"k": 1})))).unwrap();
         assert_eq!(j, r#"{"Json":{"k":1}}"#);
+    }
+
+    #[test]
+    fn a_borrowed_get_many_is_written_as_the_owned_one() {
+        let keys: Vec<Key> = vec![
+            vec![Value::I64(1)],
+            vec![Value::Text("é".into()), Value::Null],
+        ];
+        let refs: Vec<&Key> = keys.iter().collect();
+        let owned = postcard::to_stdvec(&Op::GetMany(keys.clone())).unwrap();
+        let borrowed = postcard::to_stdvec(&GetManyRef(&refs)).unwrap();
+        assert_eq!(owned, borrowed);
+        match postcard::from_bytes::<Op>(&borrowed).unwrap() {
+            Op::GetMany(back) => assert_eq!(back, keys),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -401,11 +401,7 @@ impl Cache {
             }
             let keys: Vec<&Key> = ix.iter().map(|i| &pks[*i]).collect();
             let op = GetManyRef(&keys);
-            match inner
-                .peers
-                .call_with(&addr, ts.name(), &Vec::new(), &op)
-                .await
-            {
+            match inner.peers.call(&addr, ts.name(), &Vec::new(), &op).await {
                 Ok(Reply::Values(vs)) if vs.len() == ix.len() => (ix, Some(vs)),
                 // Anything else (an old peer, a broken connection): route key by key, which
                 // handles every failure the single-key path knows.

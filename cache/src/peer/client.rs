@@ -3,7 +3,7 @@
 
 use super::auth;
 use super::proto::{codec, Request, Response};
-use crate::cache::{Op, Reply};
+use crate::cache::Reply;
 use crate::store::lock;
 use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
@@ -135,19 +135,9 @@ impl Pool {
     }
 
     /// Sends one request to the peer at `addr` and waits for its reply.
-    pub async fn call(
-        &self,
-        addr: &str,
-        table: &str,
-        pk: &Key,
-        op: &Op,
-    ) -> Result<Reply, CallError> {
-        self.call_with(addr, table, pk, op).await
-    }
-
-    /// As [`call`](Self::call), with the operation in any form that writes as an [`Op`]
-    /// (such as [`GetManyRef`](super::proto::GetManyRef)).
-    pub async fn call_with<O: serde::Serialize>(
+    /// `op` is an [`Op`](crate::cache::Op), or anything that writes as one (such as
+    /// [`GetManyRef`](super::proto::GetManyRef)).
+    pub async fn call<O: serde::Serialize>(
         &self,
         addr: &str,
         table: &str,

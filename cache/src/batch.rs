@@ -160,10 +160,9 @@ fn cut(n: usize, params_per_row: usize) -> Vec<usize> {
     out
 }
 
-/// What a batched write did: per row Ok or its error, and how many commits it took.
+/// What a batched write did: per row Ok or its error.
 pub(crate) struct Written<T> {
     pub results: Vec<Result<T, DbcError>>,
-    pub commits: u64,
 }
 
 /// Runs the statements of one batch in one transaction; returns, per statement, whether every
@@ -200,13 +199,11 @@ pub(crate) async fn put_fenced_many(
     if items.is_empty() {
         return Ok(Written {
             results: Vec::new(),
-            commits: 0,
         });
     }
     if !native(db) {
         let results = table.put_fenced_many(items).await?;
-        let commits = results.len() as u64;
-        return Ok(Written { results, commits });
+        return Ok(Written { results });
     }
     let def = table.def();
     let nf = def.fields.len();
@@ -238,18 +235,16 @@ pub(crate) async fn put_fenced_many(
     }
     let full = run_batch(db, stmts).await?;
     let mut results: Vec<Result<(), DbcError>> = (0..items.len()).map(|_| Ok(())).collect();
-    let mut commits = 1;
     // A statement that skipped rows (stale tokens): write those rows one by one to learn which
     // (rewriting a row that was written is harmless: same image, same token).
     for (r, ok) in ranges.into_iter().zip(full) {
         if !ok {
             for i in r {
                 results[i] = table.put_fenced(&items[i].0, items[i].1).await;
-                commits += 1;
             }
         }
     }
-    Ok(Written { results, commits })
+    Ok(Written { results })
 }
 
 /// `delete_fenced` of every item (a tombstone keeps the token), as few commits as possible.
@@ -261,13 +256,11 @@ pub(crate) async fn delete_fenced_many(
     if items.is_empty() {
         return Ok(Written {
             results: Vec::new(),
-            commits: 0,
         });
     }
     if !native(db) {
         let results = table.delete_fenced_many(items).await?;
-        let commits = results.len() as u64;
-        return Ok(Written { results, commits });
+        return Ok(Written { results });
     }
     let def = table.def();
     let nk = def.primary_key.len();
@@ -301,16 +294,14 @@ pub(crate) async fn delete_fenced_many(
     // Whether a live record was there is not known from a batched write; callers here do not
     // use it.
     let mut results: Vec<Result<bool, DbcError>> = (0..items.len()).map(|_| Ok(true)).collect();
-    let mut commits = 1;
     for (r, ok) in ranges.into_iter().zip(full) {
         if !ok {
             for i in r {
                 results[i] = table.delete_fenced(&items[i].0, items[i].1).await;
-                commits += 1;
             }
         }
     }
-    Ok(Written { results, commits })
+    Ok(Written { results })
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 
 use crate::config::CacheConfig;
 use crate::error::{CacheError, Result};
-use crate::journal::{self, decode_row, journal_def, journal_key, JReq};
+use crate::journal::{self, log_def, registry_def, JReq, LogEntry};
 use crate::keys::{cache_key, hash_key, KeyHash, Tail};
 use crate::peer::client::{CallError, Pool};
 use crate::peer::proto::{GetManyRef, RemoteError, Request};
@@ -108,8 +108,12 @@ pub(crate) struct Inner {
     pub coord: Coordinator,
     pub db: Db,
     pub db_id: String,
-    pub jtable: Table,
+    /// The log table and the registry of journals (journal.rs).
+    pub log: Table,
+    pub registry: Table,
     pub journal: mpsc::UnboundedSender<JReq>,
+    /// The journal port's guard while the log is open; leaked by [`Cache::abort`].
+    journal_port: Arc<Mutex<Option<Arc<Guard>>>>,
     pub store: Store,
     pub tables: RwLock<HashMap<String, Arc<TableState>>>,
     routes: Routes,
@@ -123,6 +127,8 @@ pub(crate) struct Inner {
     /// leave an older image in the table.
     pub flush_lock: tokio::sync::Mutex<()>,
     pub flush_wake: Arc<Notify>,
+    /// The coordinator's loss epoch at the flusher's last look for lapsed guards.
+    pub flush_epoch: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     committer: Mutex<Option<JoinHandle<()>>>,
     local_addr: Option<SocketAddr>,
@@ -244,9 +250,22 @@ impl Cache {
             );
         }
         let db_id = db.database_id().await?.hyphenated().to_string();
-        let jtable = db.define_table(journal_def(&config.journal_table)).await?;
+        let log = db.define_table(log_def(&config.journal_table)).await?;
+        let registry = db.define_table(registry_def(&config.journal_table)).await?;
         let (jtx, jrx) = mpsc::unbounded_channel();
         let c = Arc::new(Counters::default());
+        let journal_port = Arc::new(Mutex::new(None));
+        let committer = journal::Journal {
+            db: db.clone(),
+            log: log.clone(),
+            registry: registry.clone(),
+            coord: coordinator.clone(),
+            node: coordinator.node_id().as_str().to_owned(),
+            timeout: config.request_timeout(),
+            slots: config.journal_slots,
+            c: c.clone(),
+            port: journal_port.clone(),
+        };
         let inner = Arc::new(Inner {
             store: Store::new(config.shards, config.max_bytes),
             peers: Pool::new(&config.secret),
@@ -254,8 +273,10 @@ impl Cache {
             coord: coordinator,
             db,
             db_id,
-            jtable: jtable.clone(),
+            log,
+            registry,
             journal: jtx,
+            journal_port,
             tables: RwLock::new(HashMap::new()),
             routes: Routes::default(),
             pending: Mutex::new(HashMap::new()),
@@ -265,12 +286,12 @@ impl Cache {
             flusher_paused: AtomicBool::new(false),
             flush_lock: tokio::sync::Mutex::new(()),
             flush_wake: Arc::new(Notify::new()),
+            flush_epoch: AtomicU64::new(u64::MAX),
             tasks: Mutex::new(Vec::new()),
             committer: Mutex::new(None),
             local_addr,
         });
-        *lock(&inner.committer) =
-            Some(tokio::spawn(journal::run(inner.db.clone(), jtable, jrx, c)));
+        *lock(&inner.committer) = Some(tokio::spawn(committer.run(jrx)));
         let weak = Arc::downgrade(&inner);
         let flusher = tokio::spawn(crate::flush::run(weak.clone()));
         let srv = server::spawn(listener, weak, inner.cfg.secret.as_bytes().to_vec());
@@ -480,10 +501,14 @@ impl Cache {
             srv.abort();
         }
         let flushed = inner.flush_all().await;
+        // Writes the last forgets, marks the journal clean if everything is flushed, and hands
+        // its port back.
         let (tx, rx) = oneshot::channel();
-        if inner.journal.send(JReq::Barrier(tx)).is_ok() {
-            let _ = rx.await;
-        }
+        let closed = if inner.journal.send(JReq::Close(tx)).is_ok() {
+            rx.await.ok()
+        } else {
+            None
+        };
         let mut guards = Vec::new();
         for shard in inner.store.shards() {
             let mut sh = lock(shard);
@@ -492,13 +517,34 @@ impl Cache {
                     guards.push(e.guard);
                 }
             }
-            // Dirty entries left here failed to flush: their writes stay in the journal.
             guards.extend(sh.evicting.drain().map(|(_, e)| e.guard));
         }
-        for g in guards {
+        let release = |g: Arc<Guard>| async move {
             if let Ok(g) = Arc::try_unwrap(g) {
                 if let Err(e) = g.release().await {
                     tracing::debug!(error = %e, "release at shutdown failed");
+                }
+            }
+        };
+        match closed {
+            Some(journal::Closed {
+                guard: Some(j),
+                clean: false,
+            }) => {
+                // Keys left dirty (their flush failed) are in the journal: its port goes
+                // first, so whoever claims one of them next adopts the journal.
+                tracing::warn!(node = %inner.coord.node_id(), "stopping with unflushed writes; the next owners adopt the journal");
+                release(j).await;
+                for g in guards {
+                    release(g).await;
+                }
+            }
+            other => {
+                for g in guards {
+                    release(g).await;
+                }
+                if let Some(j) = other.and_then(|c| c.guard) {
+                    release(j).await;
                 }
             }
         }
@@ -513,12 +559,27 @@ impl Cache {
     pub fn abort(&self) {
         let inner = &self.inner;
         inner.closed.store(true, Ordering::Release);
+        // A dead process releases nothing: the guards are leaked, so that their ports go only
+        // with the session.
+        if let Some(j) = lock(&inner.journal_port).take() {
+            std::mem::forget(j);
+        }
         inner.stop_tasks();
         for shard in inner.store.shards() {
             let mut sh = lock(shard);
+            for k in sh.map.keys() {
+                if let Some(e) = sh.take(&k, &inner.c) {
+                    std::mem::forget(e.guard);
+                }
+            }
+            for (_, e) in sh.evicting.drain() {
+                std::mem::forget(e.guard);
+            }
             sh.map.clear();
             sh.evicting.clear();
             sh.dirty.clear();
+            sh.due.clear();
+            sh.retry.clear();
             sh.bytes = 0;
         }
     }
@@ -541,6 +602,14 @@ impl Inner {
             t.abort();
         }
         self.peers.abort();
+    }
+
+    /// Releases ports of flushed keys once their flush is durable in the journal, so that an
+    /// adopter of this node's log never replays an image over what a later owner wrote.
+    pub(crate) fn release_later(&self, guards: Vec<Arc<Guard>>) {
+        if !guards.is_empty() {
+            let _ = self.journal.send(JReq::Release(guards));
+        }
     }
 
     pub(crate) fn next_seq(&self) -> u64 {
@@ -706,7 +775,7 @@ impl Inner {
         if wake {
             self.flush_wake.notify_one();
         }
-        drop(released);
+        self.release_later(released);
         look
     }
 
@@ -737,17 +806,13 @@ impl Inner {
         }
     }
 
-    /// Reads a key for a new owner: the journal entry a previous owner left wins over the
-    /// table (it is newer than anything flushed). Returns the value and whether it is dirty.
-    async fn load(&self, ts: &TableState, key: &str, pk: &Key) -> Result<(Option<Record>, bool)> {
+    /// Reads a key for a new owner, once every journal a dead node left is adopted (so the
+    /// table holds everything acknowledged).
+    async fn load(&self, ts: &TableState, pk: &Key) -> Result<Option<Record>> {
         inc(&self.c.misses);
-        if let Some(row) = self.jtable.get(&journal_key(key)).await? {
-            inc(&self.c.replays);
-            let img = decode_row(&row, ts.def.fields.len())?;
-            tracing::debug!(key, "replayed a journal entry");
-            return Ok((img, true));
-        }
-        Ok((ts.table.get(pk).await?, false))
+        // Boxed: rarely more than one registry read, and it keeps every caller's future small.
+        Box::pin(self.adopt_dead_journals()).await?;
+        Ok(ts.table.get(pk).await?)
     }
 
     fn install(
@@ -757,7 +822,6 @@ impl Inner {
         pk: &Key,
         value: Option<Record>,
         guard: Arc<Guard>,
-        dirty: bool,
     ) {
         let now = Instant::now();
         let e = Entry {
@@ -770,7 +834,7 @@ impl Inner {
             valid_epoch: u64::MAX,
             expires: ts.opts.ttl.map(|t| now + t),
             seq: self.next_seq(),
-            dirty_since: dirty.then_some(now),
+            dirty_since: None,
             retry_at: None,
             attempts: 0,
             wlock: Arc::new(tokio::sync::Mutex::new(())),
@@ -782,7 +846,7 @@ impl Inner {
         if flush {
             self.flush_wake.notify_one();
         }
-        drop(released);
+        self.release_later(released);
     }
 
     /// Refreshes an expired clean entry from the table, keeping its ownership.
@@ -837,21 +901,23 @@ impl Inner {
             match self.lookup(key, false) {
                 Look::Ready | Look::Hit(_) => return Ok(Resolved::Local),
                 Look::Expired => {
-                    self.reload(ts, key, pk).await?;
+                    Box::pin(self.reload(ts, key, pk)).await?;
                     return Ok(Resolved::Local);
                 }
                 Look::Missing => {}
             }
-            let claim = self.coord.claim(&[key]).await?.pop();
+            // Boxed, like the other rare paths below: a future holds room for its largest
+            // await, and a forwarded call's task is moved whole into its task cell.
+            let claim = Box::pin(self.coord.claim(&[key])).await?.pop();
             match claim {
                 Some(Claim::Granted(g)) => {
                     self.forget_route(key);
                     let g = Arc::new(g);
-                    let (value, replayed) = self.load(ts, key, pk).await?;
+                    let value = Box::pin(self.load(ts, pk)).await?;
                     if !g.is_valid() {
                         continue;
                     }
-                    self.install(ts, key, pk, value, g, replayed);
+                    self.install(ts, key, pk, value, g);
                     return Ok(Resolved::Local);
                 }
                 Some(Claim::OwnedBy(o)) if &o.node == self.coord.node_id() => {
@@ -915,7 +981,7 @@ impl Inner {
                             _ => None,
                         },
                         Op::Write(w) => self.write_local(ts, &key, pk, w).await?,
-                        Op::Invalidate => Some(self.invalidate_local(&key).await?),
+                        Op::Invalidate => Some(Box::pin(self.invalidate_local(&key)).await?),
                         Op::GetMany(_) => {
                             return Err(CacheError::invalid(
                                 ts.name(),
@@ -932,7 +998,7 @@ impl Inner {
                 }
                 Resolved::Remote(addr) => {
                     inc(&self.c.forwards);
-                    match self.peers.call(&addr, ts.name(), pk, op).await {
+                    match Box::pin(self.peers.call(&addr, ts.name(), pk, op)).await {
                         Ok(Reply::Redirect(hint)) => {
                             self.forget_route(&key);
                             if let Some(h) = hint {
@@ -970,7 +1036,7 @@ impl Inner {
         }
     }
 
-    /// Removes an entry without flushing it (its acknowledged writes are in the journal).
+    /// Removes an entry whose key a newer owner took (a fenced write said so).
     fn discard(&self, key: &str, guard: &Arc<Guard>) {
         let e = {
             let mut sh = self.store.shard(key);
@@ -991,7 +1057,7 @@ impl Inner {
         op: &WriteOp,
     ) -> Result<Option<Reply>> {
         if ts.opts.mode == WriteMode::WriteThrough {
-            return self.write_through(ts, key, pk, op).await;
+            return Box::pin(self.write_through(ts, key, pk, op)).await;
         }
         let budget = self.store.budget;
         let (rx, guard, reply, released, wake) = {
@@ -1012,10 +1078,14 @@ impl Inner {
             // Queued under the shard lock, so the journal sees this key's writes in order.
             let req = JReq::Put {
                 key: key.clone(),
-                table: ts.name().to_owned(),
-                token: guard.token(),
-                seq,
-                image: new.clone(),
+                entry: LogEntry {
+                    key: key.to_string(),
+                    table: ts.name().to_owned(),
+                    token: guard.token(),
+                    seq,
+                    pk: pk.clone(),
+                    image: new.clone(),
+                },
                 done: tx,
             };
             let size = entry_size(key, pk, new.as_ref());
@@ -1032,17 +1102,16 @@ impl Inner {
             let wake = sh.enforce(budget, &self.c, &mut released, Some(key));
             (rx, guard, reply, released, wake)
         };
-        drop(released);
+        self.release_later(released);
         if wake {
             self.flush_wake.notify_one();
         }
         match rx.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                // Memory is ahead of the journal now: drop it, the next load reads what is durable.
-                self.discard(key, &guard);
-                return Err(e);
-            }
+            // The write stays in memory, dirty, and reaches the table with the next flush:
+            // the caller learns it may or may not have happened. Dropping it instead would
+            // release the port while earlier acknowledged writes may still be unflushed.
+            Ok(Err(e)) => return Err(e),
             Err(_) => return Err(CacheError::Closed),
         }
         // Acknowledge only while surely still the owner: a successor reads the journal after
@@ -1140,7 +1209,6 @@ impl Inner {
                     self.c.flushed_rows.fetch_add(1, Ordering::Relaxed);
                     let _ = self.journal.send(JReq::Forget {
                         key: key.clone(),
-                        token,
                         seq: e.seq,
                     });
                 }
@@ -1287,7 +1355,7 @@ impl Inner {
             }
             let key = self.key(&ts, &pk)?;
             match op {
-                Op::Invalidate if self.holds(&key) => self.invalidate_local(&key).await,
+                Op::Invalidate if self.holds(&key) => Box::pin(self.invalidate_local(&key)).await,
                 Op::Invalidate => Ok(Reply::Done),
                 op => self.execute(&ts, key, &pk, &op, false).await,
             }

@@ -20,8 +20,12 @@ pub struct CacheConfig {
     pub max_dirty: usize,
     /// Cluster secret that peers prove to each other (HMAC challenge-response).
     pub secret: String,
-    /// Record-face table that holds the write-ahead journal (in the cache's database).
+    /// Record-face table that holds the write-ahead journal (in the cache's database); the
+    /// registry of journals is `<journal_table>_journals`.
     pub journal_table: String,
+    /// Rows in each node's journal ring (at least 16). A node's log lives in these rows,
+    /// rewritten in place; adopters read the size from the registry.
+    pub journal_slots: u64,
     /// How long a call may spend finding the key's owner (a dead owner's lease must end).
     pub request_timeout_ms: u64,
     /// Number of independently locked memory shards (rounded up to a power of two).
@@ -37,7 +41,8 @@ impl Default for CacheConfig {
             flush_batch: 512,
             max_dirty: 200_000,
             secret: String::new(),
-            journal_table: "kw_cache_journal".into(),
+            journal_table: "kw_cache_log".into(),
+            journal_slots: 16384,
             request_timeout_ms: 30_000,
             shards: 64,
         }
@@ -61,6 +66,9 @@ impl CacheConfig {
         }
         if self.journal_table.is_empty() {
             return bad("journal_table must not be empty");
+        }
+        if self.journal_slots < 16 {
+            return bad("journal_slots must be at least 16");
         }
         Ok(())
     }

@@ -23,8 +23,6 @@ struct Item {
     seq: u64,
     token: Token,
     guard: Arc<Guard>,
-    /// When the image was taken: writes after it are what stays dirty.
-    at: Instant,
 }
 
 enum Outcome {
@@ -33,7 +31,7 @@ enum Outcome {
     Failed(String),
 }
 
-fn snapshot(key: &Arc<str>, e: &Entry, at: Instant) -> Item {
+fn snapshot(key: &Arc<str>, e: &Entry) -> Item {
     Item {
         key: key.clone(),
         ts: e.table.clone(),
@@ -42,7 +40,6 @@ fn snapshot(key: &Arc<str>, e: &Entry, at: Instant) -> Item {
         seq: e.seq,
         token: e.guard.token(),
         guard: e.guard.clone(),
-        at,
     }
 }
 
@@ -118,33 +115,68 @@ impl Inner {
         let max_age = self.cfg.flush_max_age();
         let all = force || self.c.dirty.load(Ordering::Relaxed) as usize > self.cfg.max_dirty;
         let due = |e: &Entry| e.retry_at.is_none_or(|t| t <= now);
+        // Guards lapse all at once (lease end) or move the session's loss epoch: only then is
+        // every dirty key's guard worth a look.
+        let epoch = self.coord.loss_epoch();
+        let look_for_lapsed =
+            !self.coord.lease_valid() || self.flush_epoch.swap(epoch, Ordering::AcqRel) != epoch;
         let mut items = Vec::new();
         for shard in self.store.shards() {
-            let mut sh = lock(shard);
-            let lapsed: Vec<Arc<str>> = sh
-                .dirty
-                .iter()
-                .filter(|k| sh.map.peek(k).is_some_and(|e| !e.guard.is_valid()))
-                .cloned()
-                .collect();
-            for k in lapsed {
-                if let Some(e) = sh.take(&k, &self.c) {
-                    sh.evicting.insert(k, e);
+            let mut guard = lock(shard);
+            let sh = &mut *guard;
+            if look_for_lapsed {
+                let lapsed: Vec<Arc<str>> = sh
+                    .dirty
+                    .iter()
+                    .filter(|k| sh.map.peek(k).is_some_and(|e| !e.guard.is_valid()))
+                    .cloned()
+                    .collect();
+                for k in lapsed {
+                    if let Some(e) = sh.take(&k, &self.c) {
+                        sh.evicting.insert(k, e);
+                    }
                 }
             }
             for (k, e) in sh.evicting.iter() {
                 if due(e) {
-                    items.push(snapshot(k, e, now));
+                    items.push(snapshot(k, e));
                 }
             }
-            for k in sh.dirty.iter() {
-                if let Some(e) = sh.map.peek(k) {
-                    let old = e
-                        .dirty_since
-                        .is_some_and(|t| now.saturating_duration_since(t) >= max_age);
-                    if due(e) && (all || old) {
-                        items.push(snapshot(k, e, now));
+            if all {
+                sh.due.clear();
+                sh.retry.clear();
+                for k in sh.dirty.iter() {
+                    if let Some(e) = sh.map.peek(k) {
+                        if due(e) {
+                            items.push(snapshot(k, e));
+                        } else {
+                            sh.retry.push(k.clone());
+                        }
                     }
+                }
+                continue;
+            }
+            // Keys whose flush failed, once their backoff is over.
+            let retry = std::mem::take(&mut sh.retry);
+            for k in retry {
+                match sh.map.peek(&k) {
+                    Some(e) if e.is_dirty() && due(e) => items.push(snapshot(&k, e)),
+                    Some(e) if e.is_dirty() => sh.retry.push(k),
+                    _ => {}
+                }
+            }
+            // Keys dirty for `max_age`, oldest first.
+            while let Some((t, _)) = sh.due.front() {
+                if now.saturating_duration_since(*t) < max_age {
+                    break;
+                }
+                let Some((t, k)) = sh.due.pop_front() else {
+                    break;
+                };
+                match sh.map.peek(&k) {
+                    Some(e) if e.dirty_since == Some(t) && due(e) => items.push(snapshot(&k, e)),
+                    Some(e) if e.dirty_since == Some(t) => sh.retry.push(k),
+                    _ => {} // flushed, rewritten or gone since it was queued
                 }
             }
         }
@@ -238,13 +270,15 @@ impl Inner {
                         forget = true;
                     } else if in_map {
                         // Written again while the flush ran: the table holds everything up to
-                        // the snapshot, so the key's age restarts there (else a hot key would
-                        // be flushed again at every tick).
+                        // the snapshot, so the key's age restarts now (else a hot key would be
+                        // flushed again at every tick).
+                        let now = Instant::now();
                         if let Some(e) = sh.map.peek_mut(&item.key) {
-                            e.dirty_since = Some(item.at);
+                            e.dirty_since = Some(now);
                             e.retry_at = None;
                             e.attempts = 0;
                         }
+                        sh.due.push_back((now, item.key.clone()));
                     } else if in_evicting
                         && sh
                             .evicting
@@ -277,9 +311,12 @@ impl Inner {
                     if let Some(e) = e {
                         e.attempts += 1;
                         e.retry_at = Some(now + backoff(e.attempts));
-                        // Without ownership the journal already carries the writes to the next
-                        // owner; stop trying after a few attempts.
+                        // Without ownership the journal carries the writes to whoever adopts
+                        // it; stop trying after a few attempts.
                         give_up = lapsed && e.attempts >= 3;
+                    }
+                    if in_map && !give_up {
+                        sh.retry.push(item.key.clone());
                     }
                     if give_up {
                         dropped = if in_map {
@@ -294,11 +331,13 @@ impl Inner {
         if forget {
             let _ = self.journal.send(JReq::Forget {
                 key: item.key,
-                token: item.token,
                 seq: item.seq,
             });
         }
-        drop(dropped);
+        // The port goes after the forget above is durable.
+        if let Some(e) = dropped {
+            self.release_later(vec![e.guard]);
+        }
     }
 
     /// Flushes until nothing is dirty, or until the request timeout passes.

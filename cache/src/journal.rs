@@ -1,323 +1,587 @@
-//! The write-ahead journal: one row per key (its latest acknowledged, unflushed image) in a
-//! record-face table of the cache's own database, so that whichever node owns the key next can
-//! read it. One committer task writes everything queued while the previous commit ran in one
-//! batched, fenced write (group commit); entries of one key in a batch merge to one row.
+//! The write-ahead journal, log-structured: each node appends one row per group commit to its
+//! own log in the cache's database, and a write is acknowledged once that row is committed.
+//!
+//! A keyed journal (one row per cache key) cost a B-tree page per key per commit; an appended
+//! row costs one write of the batch's bytes. The price is paid when a node dies: its log must
+//! be *adopted* (its latest entry per key written to the tables) before anyone serves a key it
+//! held. `adopt.rs` does that; this module writes the log and keeps it short.
+//!
+//! Format (`FORMAT` = 1). The log table holds rows `(journal, slot, gen, seq, head, body)`
+//! keyed by `(journal, slot)` with `slot = seq mod SLOTS`: a ring, rewritten in place, so that
+//! no tombstones pile up. `gen` counts the journal's openings (rows of older openings are
+//! dead), `seq` numbers the rows of one opening from 0 without gaps, and `head` is the oldest
+//! row that still held an unflushed entry when the row was written. `body` is one format byte,
+//! then postcard-encoded [`Item`]s back to back. The registry table (`<log>_journals`) holds
+//! per journal its current `gen`, whether it is `clean` (nothing unflushed), and an `anchor`
+//! (a past head, rewritten every `SLOTS / 4` rows) from which a reader finds the live rows.
+//!
+//! Rules that make adoption safe (DESIGN.md section 4):
+//! - A node writes its log only while it holds the port `cache/journal/<node>` (in the same
+//!   session as its keys), fenced by that port's token; adoption claims the port first.
+//! - A key's port is released only after its flush *and* the row recording that flush (a
+//!   `Forget` item) are durable ([`JReq::Release`]), so an adopter never replays an image
+//!   over what someone wrote after the key changed hands.
+//! - The head moves past a row only once every entry in it is flushed; when the live rows
+//!   reach half the ring, the entries pinning the oldest rows are written again at the tail
+//!   (compaction), so one key that cannot be flushed never stops the log.
 
-use crate::error::{CacheError, Result};
+use crate::error::CacheError;
 use crate::stats::Counters;
 use keyward_dbc::{Db, Field, FieldType, Key, Record, Table, TableDef, Value};
-use keyward_ownership::Token;
-use std::collections::HashMap;
+use keyward_ownership::{Claim, Coordinator, Guard, Token};
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
+/// Requests taken from the queue into one group commit.
 const MAX_BATCH: usize = 8192;
+/// A body past this size goes on in the next row (DBC refuses values over 4 MiB).
+const MAX_ROW_BYTES: usize = 1 << 20;
+pub(crate) const FORMAT: u8 = 1;
 
-/// The journal table's definition (`name` is `[cache] journal_table`); public so that tools
-/// and tests can read the journal with DBC.
-pub fn journal_def(name: &str) -> TableDef {
+/// The log table's definition (`name` is `[cache] journal_table`).
+pub fn log_def(name: &str) -> TableDef {
     TableDef {
         name: name.to_owned(),
         fields: vec![
-            Field::new("key", FieldType::Text),
-            Field::new("tbl", FieldType::Text),
-            Field::new("present", FieldType::Bool),
-            Field::new("image", FieldType::Text).nullable(),
+            Field::new("journal", FieldType::Text),
+            Field::new("slot", FieldType::I64),
+            Field::new("gen", FieldType::I64),
             Field::new("seq", FieldType::I64),
+            Field::new("head", FieldType::I64),
+            Field::new("body", FieldType::Bytes),
         ],
-        primary_key: vec!["key".into()],
+        primary_key: vec!["journal".into(), "slot".into()],
     }
 }
 
-/// A journal row read back by a new owner: the image to serve (None: deleted).
-pub(crate) fn decode_row(row: &Record, fields: usize) -> Result<Option<Record>> {
-    let bad = |r: &str| CacheError::Journal(format!("unreadable journal row: {r}"));
-    match (row.get(2), row.get(3)) {
-        (Some(Value::Bool(false)), _) => Ok(None),
-        (Some(Value::Bool(true)), Some(Value::Text(img))) => {
-            let rec: Record = serde_json::from_str(img).map_err(|e| bad(&e.to_string()))?;
-            if rec.len() != fields {
-                return Err(bad("image does not fit the table"));
-            }
-            Ok(Some(rec))
-        }
-        _ => Err(bad("bad columns")),
+/// The registry of journals beside the log table `name`.
+pub fn registry_def(name: &str) -> TableDef {
+    TableDef {
+        name: format!("{name}_journals"),
+        fields: vec![
+            Field::new("journal", FieldType::Text),
+            Field::new("writer", FieldType::Text),
+            Field::new("gen", FieldType::I64),
+            Field::new("clean", FieldType::Bool),
+            Field::new("anchor", FieldType::I64),
+            Field::new("slots", FieldType::I64),
+        ],
+        primary_key: vec!["journal".into()],
     }
 }
 
-pub(crate) fn journal_key(key: &str) -> Key {
-    vec![Value::Text(key.to_owned())]
+/// The port a journal's writer holds.
+pub(crate) fn journal_port(journal: &str) -> String {
+    format!("cache/journal/{journal}")
+}
+
+pub(crate) fn registry_row(
+    journal: &str,
+    writer: &str,
+    gen: i64,
+    clean: bool,
+    anchor: u64,
+    slots: u64,
+) -> Record {
+    vec![
+        Value::Text(journal.to_owned()),
+        Value::Text(writer.to_owned()),
+        Value::I64(gen),
+        Value::Bool(clean),
+        Value::I64(anchor as i64),
+        Value::I64(slots as i64),
+    ]
+}
+
+/// One acknowledged write: the key's whole image after it (None: deleted).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct LogEntry {
+    pub key: String,
+    pub table: String,
+    pub token: Token,
+    pub seq: u64,
+    pub pk: Key,
+    pub image: Option<Record>,
+}
+
+/// What a log body holds, in order.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Item {
+    Entry(LogEntry),
+    /// The key's table row holds its image of `seq` (or newer): earlier entries are done.
+    Forget(String, u64),
+}
+
+/// The same, written from borrowed parts (identical encoding).
+#[derive(Serialize)]
+enum ItemRef<'a> {
+    Entry(&'a LogEntry),
+    Forget(&'a str, u64),
+}
+
+pub(crate) fn decode_body(body: &[u8]) -> Result<Vec<Item>, String> {
+    let Some((&fmt, mut rest)) = body.split_first() else {
+        return Err("empty body".into());
+    };
+    if fmt != FORMAT {
+        return Err(format!("body format {fmt}, this version reads {FORMAT}"));
+    }
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let (item, r) = postcard::take_from_bytes::<Item>(rest).map_err(|e| e.to_string())?;
+        out.push(item);
+        rest = r;
+    }
+    Ok(out)
 }
 
 pub(crate) enum JReq {
-    /// Make this image durable, then answer `done`.
+    /// Make this entry durable, then answer `done`.
     Put {
         key: Arc<str>,
-        table: String,
-        token: Token,
-        seq: u64,
-        image: Option<Record>,
-        done: oneshot::Sender<Result<()>>,
+        entry: LogEntry,
+        done: oneshot::Sender<Result<(), CacheError>>,
     },
-    /// The table now holds the image of `seq`: drop the row unless a later write replaced it.
-    Forget {
-        key: Arc<str>,
-        token: Token,
-        seq: u64,
-    },
+    /// The table now holds the key's image of `seq`.
+    Forget { key: Arc<str>, seq: u64 },
+    /// Ports to release once every `Forget` queued before is durable.
+    Release(Vec<Arc<Guard>>),
     /// Answered once everything queued before it is committed.
     Barrier(oneshot::Sender<()>),
+    /// Graceful stop: marks the journal clean if nothing is unflushed, and hands its port back.
+    Close(oneshot::Sender<Closed>),
 }
 
-struct PendingPut {
-    table: String,
-    token: Token,
-    seq: u64,
-    image: Option<Record>,
+pub(crate) struct Closed {
+    pub guard: Option<Arc<Guard>>,
+    pub clean: bool,
 }
 
-/// Per key, the outcome its waiting writers get.
-type Outcomes = HashMap<Arc<str>, std::result::Result<(), String>>;
+/// Where this node's unflushed entries sit.
+struct Pinned {
+    /// (row seq, entry seq) per row holding an unflushed entry of the key.
+    pins: Vec<(u64, u64)>,
+    latest: LogEntry,
+}
 
-/// Writes `puts` to the journal in one group commit; returns each key's outcome.
-async fn commit_puts(
-    db: &Db,
-    table: &Table,
-    puts: &HashMap<Arc<str>, PendingPut>,
-    c: &Counters,
-) -> Outcomes {
-    let mut outcome: Outcomes = HashMap::new();
-    let mut items = Vec::with_capacity(puts.len());
-    let mut sent: Vec<Arc<str>> = Vec::with_capacity(puts.len());
-    for (k, p) in puts {
-        let image = match &p.image {
-            Some(rec) => match serde_json::to_string(rec) {
-                Ok(s) => Value::Text(s),
-                Err(e) => {
-                    outcome.insert(k.clone(), Err(e.to_string()));
+struct Open {
+    /// The journal in use: a clean one recycled, or one named after this node.
+    id: String,
+    guard: Arc<Guard>,
+    gen: i64,
+    next: u64,
+    anchor_at: u64,
+}
+
+pub(crate) struct Journal {
+    pub db: Db,
+    pub log: Table,
+    pub registry: Table,
+    pub coord: Coordinator,
+    /// This node's id: the name of its first journal, and the `writer` of any it opens.
+    pub node: String,
+    pub timeout: Duration,
+    /// Ring size; compaction starts at half of it, the anchor moves every quarter.
+    pub slots: u64,
+    pub c: Arc<Counters>,
+    /// The journal port's guard, shared so that a crash simulation can leak it.
+    pub port: Arc<Mutex<Option<Arc<Guard>>>>,
+}
+
+struct State {
+    open: Option<Open>,
+    /// Live rows from the head: (seq, unflushed entries in it).
+    rows: VecDeque<(u64, usize)>,
+    pend: HashMap<Arc<str>, Pinned>,
+    /// Forgets not written yet.
+    forgets: Vec<(Arc<str>, u64)>,
+    later: Vec<Arc<Guard>>,
+}
+
+impl State {
+    fn head(&self) -> u64 {
+        match (self.rows.front(), &self.open) {
+            (Some(r), _) => r.0,
+            (None, Some(o)) => o.next,
+            (None, None) => 0,
+        }
+    }
+
+    fn unpin(&mut self, seq_row: u64) {
+        if let Some(front) = self.rows.front() {
+            let i = seq_row.wrapping_sub(front.0) as usize;
+            if let Some(r) = self.rows.get_mut(i) {
+                r.1 = r.1.saturating_sub(1);
+            }
+        }
+    }
+
+    /// The table holds the key's image of `seq`: entries up to it pin nothing any more.
+    fn forget(&mut self, key: &Arc<str>, seq: u64) {
+        let Some(p) = self.pend.get_mut(key) else {
+            return;
+        };
+        let mut gone = Vec::new();
+        p.pins.retain(|&(row, s)| {
+            if s <= seq {
+                gone.push(row);
+                false
+            } else {
+                true
+            }
+        });
+        if p.pins.is_empty() {
+            self.pend.remove(key);
+        }
+        for row in gone {
+            self.unpin(row);
+        }
+    }
+
+    fn truncate(&mut self) {
+        while self.rows.front().is_some_and(|r| r.1 == 0) {
+            self.rows.pop_front();
+        }
+    }
+
+    fn pin(&mut self, key: Arc<str>, row: u64, entry: LogEntry) {
+        use std::collections::hash_map::Entry as E;
+        match self.pend.entry(key) {
+            E::Occupied(mut o) => {
+                let p = o.get_mut();
+                p.pins.push((row, entry.seq));
+                if p.latest.seq <= entry.seq {
+                    p.latest = entry;
+                }
+            }
+            E::Vacant(v) => {
+                v.insert(Pinned {
+                    pins: vec![(row, entry.seq)],
+                    latest: entry,
+                });
+            }
+        }
+    }
+}
+
+impl Journal {
+    /// Takes a journal and starts a new generation of its log: a clean journal whose port is
+    /// free (left by a node that stopped), so that the journals of a cluster whose nodes get
+    /// fresh ids at each start stay as many as its nodes; else the one named after this node,
+    /// adopting what an earlier life of it left unflushed.
+    async fn open(&self, st: &mut State) -> Result<(), String> {
+        if st.open.as_ref().is_some_and(|o| o.guard.is_valid()) {
+            return Ok(());
+        }
+        // A lost port means a lost session: the old log is someone else's to adopt now.
+        st.open = None;
+        st.rows.clear();
+        st.pend.clear();
+        *crate::store::lock(&self.port) = None;
+        let err = |e: &dyn std::fmt::Display| format!("journal: {e}");
+        let mut taken = None;
+        for j in crate::adopt::clean_journals(&self.registry)
+            .await
+            .map_err(|e| err(&e))?
+        {
+            if j == self.node {
+                continue;
+            }
+            let port = journal_port(&j);
+            if let Some(Claim::Granted(g)) =
+                self.coord.claim(&[&port]).await.map_err(|e| err(&e))?.pop()
+            {
+                taken = Some((j, g));
+                break;
+            }
+        }
+        let (id, guard) = match taken {
+            Some(t) => t,
+            None => {
+                let port = journal_port(&self.node);
+                let g = self
+                    .coord
+                    .claim_wait(&port, self.timeout)
+                    .await
+                    .map_err(|e| format!("journal port {port}: {e}"))?;
+                (self.node.clone(), g)
+            }
+        };
+        let guard = Arc::new(guard);
+        let gen = crate::adopt::adopt_locked(
+            &self.db,
+            &self.log,
+            &self.registry,
+            &id,
+            guard.token(),
+            &self.c,
+        )
+        .await
+        .map_err(|e| err(&e))?
+            + 1;
+        let row = registry_row(&id, &self.node, gen, false, 0, self.slots);
+        self.registry
+            .put_fenced(&row, guard.token())
+            .await
+            .map_err(|e| format!("journal registry: {e}"))?;
+        *crate::store::lock(&self.port) = Some(guard.clone());
+        tracing::debug!(journal = %id, gen, "journal opened");
+        st.open = Some(Open {
+            id,
+            guard,
+            gen,
+            next: 0,
+            anchor_at: 0,
+        });
+        Ok(())
+    }
+
+    /// Appends `entries` (and the pending forgets) as one or more rows.
+    async fn append(
+        &self,
+        st: &mut State,
+        entries: Vec<(Arc<str>, LogEntry)>,
+        flushed: &HashMap<Arc<str>, u64>,
+    ) -> Result<(), String> {
+        self.open(st).await?;
+        let head = st.head();
+        let Some(next) = st.open.as_ref().map(|o| o.next) else {
+            return Err("journal not open".into());
+        };
+        // Compaction: entries still unflushed in the older half of a long log go again at
+        // the tail, so the head can move past them.
+        let mut again: Vec<(Arc<str>, LogEntry)> = Vec::new();
+        if next - head >= self.slots / 2 {
+            let bound = next - self.slots / 4;
+            let fresh: std::collections::HashSet<&Arc<str>> =
+                entries.iter().map(|(k, _)| k).collect();
+            for (k, p) in &st.pend {
+                if !fresh.contains(k) && p.pins.iter().any(|(row, _)| *row < bound) {
+                    again.push((k.clone(), p.latest.clone()));
+                }
+            }
+            tracing::info!(node = %self.node, keys = again.len(), "journal compaction");
+        }
+        let forgets = std::mem::take(&mut st.forgets);
+        // Bodies, cut at MAX_ROW_BYTES.
+        let mut bodies: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
+        let mut body = vec![FORMAT];
+        let mut idx = Vec::new();
+        let mut item = Vec::new();
+        let all: Vec<&(Arc<str>, LogEntry)> = entries.iter().chain(again.iter()).collect();
+        for (i, (_, e)) in all.iter().enumerate() {
+            item.clear();
+            postcard::to_io(&ItemRef::Entry(e), &mut item).map_err(|e| e.to_string())?;
+            if body.len() + item.len() > MAX_ROW_BYTES && body.len() > 1 {
+                bodies.push((
+                    std::mem::replace(&mut body, vec![FORMAT]),
+                    std::mem::take(&mut idx),
+                ));
+            }
+            body.extend_from_slice(&item);
+            idx.push(i);
+        }
+        for (k, s) in &forgets {
+            postcard::to_io(&ItemRef::Forget(k, *s), &mut body).map_err(|e| e.to_string())?;
+        }
+        bodies.push((body, idx));
+
+        // All rows of the commit in one transaction (where the backend has them).
+        let Some(o) = st.open.as_ref() else {
+            return Err("journal not open".into());
+        };
+        let (gen, token, first, id) = (o.gen, o.guard.token(), o.next, o.id.clone());
+        let last = first + bodies.len() as u64 - 1;
+        let mut result = Ok(());
+        if last - head >= self.slots {
+            result = Err(format!(
+                "journal full: {} rows wait for their keys to be flushed",
+                last - head
+            ));
+        } else {
+            let mut rows = Vec::with_capacity(bodies.len());
+            for (i, (body, _)) in bodies.iter_mut().enumerate() {
+                let seq = first + i as u64;
+                let row = vec![
+                    Value::Text(id.clone()),
+                    Value::I64((seq % self.slots) as i64),
+                    Value::I64(gen),
+                    Value::I64(seq as i64),
+                    Value::I64(head as i64),
+                    Value::Bytes(std::mem::take(body)),
+                ];
+                rows.push((row, token));
+            }
+            self.c.journal_commits.fetch_add(1, Ordering::Relaxed);
+            // A row refused by its fence means the port is someone else's: the whole commit
+            // fails (rows written meanwhile are overwritten by the next commit's same seqs).
+            match crate::batch::put_fenced_many(&self.db, &self.log, &rows).await {
+                Ok(w) => {
+                    if let Some(Err(e)) = w.results.into_iter().find(|r| r.is_err()) {
+                        result = Err(format!("journal append: {e}"));
+                    }
+                }
+                Err(e) => result = Err(format!("journal append: {e}")),
+            }
+        }
+        if result.is_ok() {
+            self.c
+                .journal_rows
+                .fetch_add(bodies.len() as u64, Ordering::Relaxed);
+            let mut row_of = vec![first; all.len()];
+            for (b, (_, idx)) in bodies.iter().enumerate() {
+                for &i in idx {
+                    row_of[i] = first + b as u64;
+                }
+            }
+            drop(all);
+            let fresh = entries.len();
+            let mut pinned = vec![0usize; bodies.len()];
+            for (i, (k, e)) in entries.into_iter().chain(again).enumerate() {
+                if flushed.get(&k).is_some_and(|s| *s >= e.seq) {
                     continue;
                 }
-            },
-            None => Value::Null,
+                if i >= fresh {
+                    // Written again by compaction: the older rows need not hold it any more.
+                    if let Some(p) = st.pend.remove(&k) {
+                        for (row, _) in p.pins {
+                            st.unpin(row);
+                        }
+                    }
+                }
+                let row = row_of[i];
+                pinned[(row - first) as usize] += 1;
+                st.pin(k, row, e);
+            }
+            for (b, n) in pinned.into_iter().enumerate() {
+                st.rows.push_back((first + b as u64, n));
+            }
+            if let Some(o) = st.open.as_mut() {
+                o.next = last + 1;
+            }
+        }
+        if result.is_err() {
+            // Not written: they go with the next row (their releases wait for it).
+            st.forgets.extend(forgets);
+        }
+        st.truncate();
+        self.write_anchor(st).await;
+        result
+    }
+
+    /// Moves the registry's anchor up to the head now and then, so that a reader of the log
+    /// never has to look further back than a ring's length.
+    async fn write_anchor(&self, st: &mut State) {
+        let head = st.head();
+        let Some(o) = st.open.as_mut() else { return };
+        if o.next - o.anchor_at < self.slots / 4 {
+            return;
+        }
+        let row = registry_row(&o.id, &self.node, o.gen, false, head, self.slots);
+        match self.registry.put_fenced(&row, o.guard.token()).await {
+            Ok(()) => o.anchor_at = o.next,
+            Err(e) => tracing::warn!(journal = %o.id, error = %e, "journal anchor not written"),
+        }
+    }
+
+    async fn close(&self, st: &mut State) -> Closed {
+        let clean = st.pend.is_empty();
+        let Some(o) = st.open.take() else {
+            return Closed { guard: None, clean };
         };
-        let row = vec![
-            Value::Text(k.to_string()),
-            Value::Text(p.table.clone()),
-            Value::Bool(p.image.is_some()),
-            image,
-            Value::I64(p.seq as i64),
-        ];
-        items.push((row, p.token));
-        sent.push(k.clone());
-    }
-    if items.is_empty() {
-        return outcome;
-    }
-    let results = match crate::batch::put_fenced_many(db, table, &items).await {
-        Ok(w) => {
-            c.journal_commits.fetch_add(w.commits, Ordering::Relaxed);
-            Ok(w.results)
-        }
-        Err(e) => {
-            c.journal_commits.fetch_add(1, Ordering::Relaxed);
-            Err(e)
-        }
-    };
-    c.journal_rows
-        .fetch_add(items.len() as u64, Ordering::Relaxed);
-    match results {
-        Ok(rs) if rs.len() == sent.len() => {
-            for (k, r) in sent.into_iter().zip(rs) {
-                outcome.insert(k, r.map_err(|e| e.to_string()));
+        let mut marked = false;
+        if clean && o.guard.is_valid() {
+            let row = registry_row(&o.id, &self.node, o.gen, true, 0, self.slots);
+            match self.registry.put_fenced(&row, o.guard.token()).await {
+                Ok(()) => marked = true,
+                Err(e) => tracing::warn!(journal = %o.id, error = %e, "journal not marked clean"),
             }
         }
-        Ok(rs) => {
-            let m = format!(
-                "journal write answered {} results for {} rows",
-                rs.len(),
-                sent.len()
-            );
-            for k in sent {
-                outcome.insert(k, Err(m.clone()));
-            }
-        }
-        Err(e) => {
-            let m = e.to_string();
-            for k in sent {
-                outcome.insert(k, Err(m.clone()));
-            }
+        *crate::store::lock(&self.port) = None;
+        Closed {
+            guard: Some(o.guard),
+            clean: marked,
         }
     }
-    outcome
-}
 
-/// Keeps in `map` the newer of its entry for `key` and `p`.
-fn keep_newest(map: &mut HashMap<Arc<str>, PendingPut>, key: Arc<str>, p: PendingPut) {
-    if map.get(&key).is_none_or(|q| q.seq < p.seq) {
-        map.insert(key, p);
-    }
-}
-
-pub(crate) async fn run(
-    db: Db,
-    table: Table,
-    mut rx: mpsc::UnboundedReceiver<JReq>,
-    c: Arc<Counters>,
-) {
-    // Latest committed put per key, so a forget for an older image never drops a newer row.
-    let mut last: HashMap<Arc<str>, u64> = HashMap::new();
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.clear();
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let mut puts: HashMap<Arc<str>, PendingPut> = HashMap::new();
-        let mut waiters: HashMap<Arc<str>, Vec<oneshot::Sender<Result<()>>>> = HashMap::new();
-        let mut forgets: HashMap<Arc<str>, (Token, u64)> = HashMap::new();
-        // Puts a forget made unnecessary (the table already holds their effect). Their
-        // writers are answered only once the forget's delete committed: until then the
-        // journal row is older than the table, and a successor reading it in between would
-        // replay it over acknowledged writes. If the delete fails, the newest of them is
-        // written instead, so the row is never left older than the table.
-        let mut superseded: HashMap<Arc<str>, PendingPut> = HashMap::new();
-        let mut barriers = Vec::new();
-        let mut entries = 0i64;
-        for r in batch.drain(..) {
-            match r {
-                JReq::Put {
-                    key,
-                    table,
-                    token,
-                    seq,
-                    image,
-                    done,
-                } => {
-                    entries += 1;
-                    waiters.entry(key.clone()).or_default().push(done);
-                    let p = PendingPut {
-                        table,
-                        token,
-                        seq,
-                        image,
-                    };
-                    match forgets.get(&key) {
-                        Some((_, s)) if *s >= seq => keep_newest(&mut superseded, key, p),
-                        Some(_) => {
-                            // Newer than the flushed image: the row must hold it.
-                            forgets.remove(&key);
-                            superseded.remove(&key);
-                            keep_newest(&mut puts, key, p);
-                        }
-                        None => keep_newest(&mut puts, key, p),
-                    }
-                }
-                JReq::Forget { key, token, seq } => {
-                    let latest = last
-                        .get(&key)
-                        .copied()
-                        .unwrap_or(0)
-                        .max(puts.get(&key).map_or(0, |p| p.seq));
-                    if latest <= seq {
-                        if let Some(p) = puts.remove(&key) {
-                            keep_newest(&mut superseded, key.clone(), p);
-                        }
-                        forgets.insert(key, (token, seq));
-                    }
-                }
-                JReq::Barrier(tx) => barriers.push(tx),
-            }
-        }
-        let mut outcome = commit_puts(&db, &table, &puts, &c).await;
-        for (k, r) in &outcome {
-            match r {
-                Ok(()) => {
-                    if let Some(p) = puts.get(k) {
-                        last.insert(k.clone(), p.seq);
-                    }
-                }
-                Err(e) => tracing::warn!(key = %k, error = %e, "journal commit failed"),
-            }
-        }
-        // Written keys are answered now, without waiting for the forgets below.
-        for k in puts.keys() {
-            if let (Some(ws), Some(r)) = (waiters.remove(k), outcome.remove(k)) {
-                for w in ws {
-                    let _ = w.send(r.clone().map_err(CacheError::Journal));
+    pub(crate) async fn run(self, mut rx: mpsc::UnboundedReceiver<JReq>) {
+        let mut st = State {
+            open: None,
+            rows: VecDeque::new(),
+            pend: HashMap::new(),
+            forgets: Vec::new(),
+            later: Vec::new(),
+        };
+        let mut batch = Vec::new();
+        while let Some(first) = rx.recv().await {
+            batch.clear();
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
                 }
             }
-        }
-        if !forgets.is_empty() {
-            let keys: Vec<Arc<str>> = forgets.keys().cloned().collect();
-            let items: Vec<(Key, Token)> = keys
-                .iter()
-                .map(|k| (journal_key(k), forgets[k].0))
-                .collect();
-            // A fenced delete means a newer owner's row is there: not ours to remove, and our
-            // writers' acknowledgement fails on their lapsed guard anyway.
-            let deleted: Vec<bool> =
-                match crate::batch::delete_fenced_many(&db, &table, &items).await {
-                    Ok(w) if w.results.len() == keys.len() => {
-                        c.journal_commits.fetch_add(w.commits, Ordering::Relaxed);
-                        w.results
-                            .iter()
-                            .map(|r| matches!(r, Ok(_) | Err(keyward_dbc::DbcError::Fenced { .. })))
-                            .collect()
-                    }
-                    Ok(_) => vec![false; keys.len()],
-                    Err(e) => {
-                        tracing::debug!(error = %e, "journal cleanup failed");
-                        vec![false; keys.len()]
-                    }
-                };
-            let mut redo: HashMap<Arc<str>, PendingPut> = HashMap::new();
-            for (k, ok) in keys.into_iter().zip(deleted) {
-                let seq = forgets[&k].1;
-                if ok {
-                    if last.get(&k).is_some_and(|s| *s <= seq) {
-                        last.remove(&k);
-                    }
-                    if superseded.remove(&k).is_some() {
-                        outcome.insert(k, Ok(()));
-                    }
-                } else if let Some(p) = superseded.remove(&k) {
-                    redo.insert(k, p);
-                }
-                // A row left without superseded puts holds the last committed image, which
-                // the table holds too: replaying it is harmless.
-            }
-            if !redo.is_empty() {
-                let again = commit_puts(&db, &table, &redo, &c).await;
-                for (k, r) in again {
-                    if r.is_ok() {
-                        if let Some(p) = redo.get(&k) {
-                            last.insert(k.clone(), p.seq);
+            let mut puts: HashMap<Arc<str>, LogEntry> = HashMap::new();
+            let mut waiters: Vec<oneshot::Sender<Result<(), CacheError>>> = Vec::new();
+            let mut flushed: HashMap<Arc<str>, u64> = HashMap::new();
+            let mut barriers = Vec::new();
+            let mut closes = Vec::new();
+            for r in batch.drain(..) {
+                match r {
+                    JReq::Put { key, entry, done } => {
+                        waiters.push(done);
+                        if puts.get(&key).is_none_or(|q| q.seq < entry.seq) {
+                            puts.insert(key, entry);
                         }
                     }
-                    outcome.insert(k, r);
+                    JReq::Forget { key, seq } => {
+                        st.forget(&key, seq);
+                        let f = flushed.entry(key.clone()).or_insert(seq);
+                        *f = (*f).max(seq);
+                        st.forgets.push((key, seq));
+                    }
+                    JReq::Release(g) => st.later.extend(g),
+                    JReq::Barrier(tx) => barriers.push(tx),
+                    JReq::Close(tx) => closes.push(tx),
                 }
             }
-        }
-        for (k, ws) in waiters {
-            let r = outcome.remove(&k).unwrap_or_else(|| {
-                Err(format!(
-                    "journal entry of {k} was neither written nor superseded"
-                ))
-            });
-            for w in ws {
-                let _ = w.send(r.clone().map_err(CacheError::Journal));
+            let entries = waiters.len() as u64;
+            // Forgets alone are written only when something waits for them.
+            let waiting = !st.later.is_empty() || !barriers.is_empty() || !closes.is_empty();
+            let need_row = !puts.is_empty() || (!st.forgets.is_empty() && waiting);
+            let outcome = if need_row {
+                let entries: Vec<(Arc<str>, LogEntry)> = puts.into_iter().collect();
+                self.append(&mut st, entries, &flushed).await
+            } else {
+                st.truncate();
+                Ok(())
+            };
+            if let Err(e) = &outcome {
+                tracing::warn!(node = %self.node, error = %e, "journal commit failed");
             }
-        }
-        c.journal_entries
-            .fetch_add(entries as u64, Ordering::Relaxed);
-        c.journal_pending.fetch_sub(entries, Ordering::Relaxed);
-        for b in barriers {
-            let _ = b.send(());
+            for w in waiters {
+                let _ = w.send(outcome.clone().map_err(CacheError::Journal));
+            }
+            if st.forgets.is_empty() {
+                // Every forget before these releases is durable.
+                st.later.clear();
+            }
+            self.c.journal_entries.fetch_add(entries, Ordering::Relaxed);
+            self.c
+                .journal_pending
+                .fetch_sub(entries as i64, Ordering::Relaxed);
+            for b in barriers {
+                let _ = b.send(());
+            }
+            for tx in closes {
+                let closed = self.close(&mut st).await;
+                let _ = tx.send(closed);
+            }
         }
     }
 }
@@ -326,86 +590,61 @@ pub(crate) async fn run(
 mod tests {
     use super::*;
 
-    fn put(key: &Arc<str>, seq: u64, n: i64) -> (JReq, oneshot::Receiver<Result<()>>) {
-        let (done, rx) = oneshot::channel();
-        let req = JReq::Put {
-            key: key.clone(),
+    fn entry(key: &str, seq: u64, n: i64) -> LogEntry {
+        LogEntry {
+            key: key.into(),
             table: "t".into(),
             token: 7,
             seq,
+            pk: vec![Value::I64(1)],
             image: Some(vec![Value::I64(1), Value::I64(n)]),
-            done,
-        };
-        (req, rx)
-    }
-
-    async fn image(t: &Table, key: &str) -> Option<String> {
-        match t.get(&journal_key(key)).await.expect("read journal") {
-            Some(row) => match &row[3] {
-                Value::Text(s) => Some(s.clone()),
-                other => panic!("image column holds {other:?}"),
-            },
-            None => None,
         }
     }
 
-    /// A forget that supersedes a queued put (the flusher wrote that image to the table while
-    /// its journal write waited) must not leave the journal's older row behind once that put
-    /// is acknowledged: a successor replays the journal row over the table. Here the forget's
-    /// delete fails (a trigger refuses it), and the superseded image has to be written instead.
-    #[tokio::test]
-    async fn a_failed_forget_never_leaves_a_row_older_than_the_table() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let url = format!("sqlite:{}?mode=rwc", dir.path().join("j.db").display());
-        let db = Db::connect(&url).await.expect("connect");
-        let t = db.define_table(journal_def("j")).await.expect("define");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let c = Arc::new(Counters::default());
-        tokio::spawn(run(db.clone(), t.clone(), rx, c));
-        let key: Arc<str> = Arc::from("cache/x/t/1");
+    #[test]
+    fn a_body_decodes_to_what_was_written() {
+        let e = entry("cache/x/t/1", 3, 30);
+        let mut body = vec![FORMAT];
+        postcard::to_io(&ItemRef::Entry(&e), &mut body).expect("encode");
+        postcard::to_io(&ItemRef::Forget("cache/x/t/1", 2), &mut body).expect("encode");
+        let items = decode_body(&body).expect("decode");
+        assert!(matches!(&items[0], Item::Entry(d) if d.seq == 3 && d.image == e.image));
+        assert!(matches!(&items[1], Item::Forget(k, 2) if k == "cache/x/t/1"));
+        // A body of another format version, or cut short, is an error, not a panic.
+        let mut other = body.clone();
+        other[0] = 9;
+        assert!(decode_body(&other).is_err());
+        for cut in 0..body.len() {
+            let _ = decode_body(&body[..cut]);
+        }
+        assert!(decode_body(&body[..body.len() - 1]).is_err());
+    }
 
-        let (p1, a1) = put(&key, 1, 10);
-        tx.send(p1).expect("send");
-        a1.await.expect("answer").expect("first put");
-        assert!(image(&t, &key).await.expect("row").contains("10"));
-
-        db.execute(
-            "CREATE TRIGGER no_forget BEFORE UPDATE ON j WHEN NEW._kw_dead = 1 \
-             BEGIN SELECT RAISE(ABORT, 'forget refused'); END",
-            &[],
-        )
-        .await
-        .expect("trigger");
-        // Queued together, so that they land in one batch: the put of seq 2 and the forget
-        // saying the table now holds seq 2.
-        let (p2, a2) = put(&key, 2, 20);
-        tx.send(p2).expect("send");
-        tx.send(JReq::Forget {
-            key: key.clone(),
-            token: 7,
-            seq: 2,
-        })
-        .expect("send");
-        a2.await.expect("answer").expect("second put");
-        let row = image(&t, &key).await;
-        assert!(
-            row.as_deref().is_some_and(|s| s.contains("20")),
-            "journal row after an acknowledged, flushed write: {row:?}"
-        );
-
-        // With deletes allowed again, a forget removes the row before the put is answered.
-        db.execute("DROP TRIGGER no_forget", &[])
-            .await
-            .expect("drop trigger");
-        let (p3, a3) = put(&key, 3, 30);
-        tx.send(p3).expect("send");
-        tx.send(JReq::Forget {
-            key: key.clone(),
-            token: 7,
-            seq: 3,
-        })
-        .expect("send");
-        a3.await.expect("answer").expect("third put");
-        assert_eq!(image(&t, &key).await, None);
+    #[test]
+    fn the_head_moves_only_past_fully_flushed_rows() {
+        let mut st = State {
+            open: None,
+            rows: VecDeque::new(),
+            pend: HashMap::new(),
+            forgets: Vec::new(),
+            later: Vec::new(),
+        };
+        let a: Arc<str> = Arc::from("a");
+        let b: Arc<str> = Arc::from("b");
+        st.pin(a.clone(), 0, entry("a", 1, 1));
+        st.pin(b.clone(), 0, entry("b", 2, 1));
+        st.rows.push_back((0, 2));
+        st.pin(a.clone(), 1, entry("a", 3, 2));
+        st.rows.push_back((1, 1));
+        // a flushed at its first image: row 0 still holds b's entry.
+        st.forget(&a, 1);
+        st.truncate();
+        assert_eq!(st.head(), 0);
+        st.forget(&b, 2);
+        st.truncate();
+        assert_eq!(st.head(), 1, "row 1 holds a's later entry");
+        st.forget(&a, 3);
+        st.truncate();
+        assert!(st.rows.is_empty() && st.pend.is_empty());
     }
 }

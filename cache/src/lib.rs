@@ -4,6 +4,7 @@
 //! commit) before they are acknowledged, then merged and flushed to the table, fenced by the
 //! key's token, so a stale owner can never overwrite a newer one.
 
+mod adopt;
 mod batch;
 mod cache;
 mod config;
@@ -23,7 +24,7 @@ pub use cache::Cache;
 pub use config::CacheConfig;
 pub use error::{CacheError, Result};
 pub use invalidator::Invalidator;
-pub use journal::journal_def;
+pub use journal::{log_def, registry_def};
 pub use keys::{cache_key, encode_pk};
 pub use mapping::{from_record, to_record};
 pub use peer::PeerListener;

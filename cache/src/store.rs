@@ -13,7 +13,7 @@ use crate::stats::Counters;
 use crate::table::TableState;
 use keyward_dbc::{Key, Record, Value};
 use keyward_ownership::Guard;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -383,6 +383,12 @@ pub(crate) struct Shard {
     pub evicting: HashMap<Arc<str>, Entry>,
     /// Dirty keys in `map`.
     pub dirty: HashSet<Arc<str>>,
+    /// Keys in the order they became dirty, with that moment (`dirty_since`): the flusher pops
+    /// what is due from the front instead of visiting every dirty key at every tick. An item
+    /// whose key was flushed meanwhile (its `dirty_since` differs) is skipped when popped.
+    pub due: VecDeque<(Instant, Arc<str>)>,
+    /// Dirty keys whose flush failed, waiting for their `retry_at`.
+    pub retry: Vec<Arc<str>>,
     pub bytes: usize,
 }
 
@@ -415,8 +421,11 @@ impl Shard {
         self.bytes += e.size;
         c.bytes.fetch_add(e.size as i64, Ordering::Relaxed);
         c.entries.fetch_add(1, Ordering::Relaxed);
-        if e.is_dirty() && self.dirty.insert(key.clone()) {
-            c.dirty.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = e.dirty_since {
+            if self.dirty.insert(key.clone()) {
+                c.dirty.fetch_add(1, Ordering::Relaxed);
+            }
+            self.due.push_back((t, key.clone()));
         }
         let keep = key.clone();
         if let Some(old) = self.map.put(key, e) {
@@ -468,6 +477,7 @@ impl Shard {
         if let Some(e) = self.map.peek_mut(key) {
             if e.dirty_since.is_none() {
                 e.dirty_since = Some(now);
+                self.due.push_back((now, key.clone()));
             }
         }
         if self.dirty.insert(key.clone()) {
@@ -502,6 +512,8 @@ impl Store {
                     map: Map::new(),
                     evicting: HashMap::new(),
                     dirty: HashSet::new(),
+                    due: VecDeque::new(),
+                    retry: Vec::new(),
                     bytes: 0,
                 })
             })

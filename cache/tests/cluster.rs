@@ -89,6 +89,16 @@ impl Cluster {
     async fn node(&self) -> Node {
         self.node_with(cfg(), Duration::from_secs(5)).await
     }
+
+    /// A node that flushes only when told: what it acknowledges lives in its memory and its
+    /// journal only.
+    async fn never_flushing_node(&self) -> Node {
+        let cfg = CacheConfig {
+            flush_max_age_ms: 3_600_000,
+            ..cfg()
+        };
+        self.node_with(cfg, Duration::from_secs(5)).await
+    }
 }
 
 fn cfg() -> CacheConfig {
@@ -498,15 +508,7 @@ async fn killed_owner_loses_no_acknowledged_write() {
     for round in 0..10i64 {
         // The victim never flushes on its own: everything it acknowledged lives in its memory
         // and the journal only.
-        let a = c
-            .node_with(
-                CacheConfig {
-                    flush_max_age_ms: 3_600_000,
-                    ..cfg()
-                },
-                Duration::from_secs(5),
-            )
-            .await;
+        let a = c.never_flushing_node().await;
         let ta = counters(&a).await;
         let ids: Vec<i64> = (0..KEYS).map(|i| round * 100 + i).collect();
         for id in &ids {
@@ -685,4 +687,175 @@ async fn bad_input_is_a_typed_error() {
         .is_err());
     let _ = HashMap::<u8, u8>::new();
     a.cache.shutdown().await.unwrap();
+}
+
+/// A dead owner's journal is adopted exactly once, however many nodes need it at once; an
+/// adopter that dies holding the journal's port (here a bare session that claimed it) leaves the
+/// adoption to the next node, and nobody serves the dead owner's keys in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adopters_take_turns_and_an_adopter_that_dies_is_taken_over() {
+    let c = Cluster::new().await;
+    let a = c.never_flushing_node().await;
+    let ta = counters(&a).await;
+    const N: i64 = 100;
+    for id in 0..N {
+        ta.put(&Counter { id, n: 1000 + id }).await.unwrap();
+    }
+    let port = format!("cache/journal/{}", a.coord.node_id().as_str());
+    a.coord.close().await.unwrap();
+    a.cache.abort();
+    // An adopter that got the journal's port and then died before finishing.
+    let adopter = c
+        .hub
+        .connect(SessionConfig {
+            lease: Duration::from_secs(5),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let g = adopter
+        .claim(&[&port])
+        .await
+        .unwrap()
+        .pop()
+        .and_then(|c| c.granted())
+        .expect("the dead node's journal port is free");
+    let d = c.node().await;
+    let e = c.node().await;
+    let (td, te) = (counters(&d).await, counters(&e).await);
+    let reader = |t: CacheTable<Counter>, ids: Vec<i64>| {
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for id in ids {
+                out.push((id, t.get(&k(id)).await.unwrap().map(|c| c.n)));
+            }
+            out
+        })
+    };
+    let rd = reader(td.clone(), (0..N).step_by(2).collect());
+    let re = reader(te.clone(), (1..N).step_by(2).collect());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !rd.is_finished() && !re.is_finished(),
+        "a key of the dead owner was served while its journal was being adopted"
+    );
+    std::mem::forget(g); // the adopter's process dies: nothing is released
+    adopter.close().await.unwrap();
+    for r in [rd, re] {
+        for (id, n) in r.await.unwrap() {
+            assert_eq!(n, Some(1000 + id), "key {id}");
+        }
+    }
+    let replays = d.cache.stats().replays + e.cache.stats().replays;
+    assert_eq!(replays, N as u64, "the journal was replayed once");
+    d.cache.shutdown().await.unwrap();
+    e.cache.shutdown().await.unwrap();
+}
+
+/// A key whose flush keeps failing pins the oldest rows of its owner's journal; the journal
+/// writes its entry again at the tail and goes on (a small ring here, wrapped several times),
+/// and when the owner dies, the adopter finds every write in the wrapped ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unflushable_key_does_not_stop_the_journal() {
+    let c = Cluster::new().await;
+    let small = CacheConfig {
+        flush_max_age_ms: 10,
+        journal_slots: 32,
+        ..cfg()
+    };
+    let a = c.node_with(small, Duration::from_secs(5)).await;
+    let ta = counters(&a).await;
+    for trigger in ["INSERT", "UPDATE"] {
+        c.db.execute(
+            &format!(
+                "CREATE TRIGGER stuck_{trigger} BEFORE {trigger} ON counters WHEN NEW.id = 0 \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    }
+    ta.put(&Counter { id: 0, n: 7 }).await.unwrap();
+    // One commit per write: 200 rows through a ring of 32.
+    for id in 1..=200 {
+        ta.put(&Counter { id, n: id }).await.unwrap();
+    }
+    let s = a.cache.stats();
+    assert!(s.journal_commits >= 200, "{s:?}");
+    assert!(s.flushed_rows >= 100, "the other keys were flushed: {s:?}");
+    for trigger in ["INSERT", "UPDATE"] {
+        c.db.execute(&format!("DROP TRIGGER stuck_{trigger}"), &[])
+            .await
+            .unwrap();
+    }
+    // Unflushed at the kill: key 0 and a run of rewrites that wrap the ring again.
+    a.cache.pause_flusher(true);
+    ta.put(&Counter { id: 0, n: 99 }).await.unwrap();
+    for id in 1..=40 {
+        ta.put(&Counter { id, n: 5000 + id }).await.unwrap();
+    }
+    a.coord.close().await.unwrap();
+    a.cache.abort();
+    let b = c.node().await;
+    let tb = counters(&b).await;
+    assert_eq!(tb.get(&k(0)).await.unwrap().map(|c| c.n), Some(99));
+    for id in 1..=200 {
+        let want = if id <= 40 { 5000 + id } else { id };
+        assert_eq!(
+            tb.get(&k(id)).await.unwrap().map(|c| c.n),
+            Some(want),
+            "key {id}"
+        );
+    }
+    b.cache.shutdown().await.unwrap();
+}
+
+/// Nodes get fresh ids at each start; a journal left clean by a node that stopped is taken
+/// over by the next node that writes, so the journals stay as many as the nodes writing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journals_of_stopped_nodes_are_reused() {
+    let c = Cluster::new().await;
+    let journals = || async {
+        match c
+            .db
+            .query("SELECT COUNT(*) FROM kw_cache_log_journals", &[])
+            .await
+            .unwrap()[0][0]
+        {
+            Value::I64(n) => n,
+            ref v => panic!("count is {v:?}"),
+        }
+    };
+    for round in 0..3i64 {
+        let n = c.node().await;
+        let t = counters(&n).await;
+        t.put(&Counter {
+            id: round,
+            n: round,
+        })
+        .await
+        .unwrap();
+        n.cache.shutdown().await.unwrap();
+        assert_eq!(journals().await, 1, "round {round}");
+    }
+    let (a, b) = (c.node().await, c.node().await);
+    let (ta, tb) = (counters(&a).await, counters(&b).await);
+    ta.put(&Counter { id: 10, n: 1 }).await.unwrap();
+    // Owned by a, written through b: only a's journal holds it.
+    tb.put(&Counter { id: 10, n: 2 }).await.unwrap();
+    tb.put(&Counter { id: 11, n: 1 }).await.unwrap();
+    assert_eq!(journals().await, 2, "two nodes writing at once");
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+    let d = c.node().await;
+    let td = counters(&d).await;
+    for (id, n) in [(0, 0), (1, 1), (2, 2), (10, 2), (11, 1)] {
+        assert_eq!(
+            td.get(&k(id)).await.unwrap().map(|c| c.n),
+            Some(n),
+            "key {id}"
+        );
+    }
+    d.cache.shutdown().await.unwrap();
 }

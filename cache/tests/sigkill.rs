@@ -258,19 +258,6 @@ async fn owner_killed_by_sigkill_loses_no_acknowledged_write() {
             let ok = acked[id as usize].load(Ordering::Relaxed);
             let tried = attempted[id as usize].load(Ordering::Relaxed);
             if got < ok {
-                let j = db
-                    .define_table(keyward_cache::journal_def(
-                        &CacheConfig::default().journal_table,
-                    ))
-                    .await
-                    .unwrap();
-                let rows = db
-                    .query(
-                        "SELECT \"key\", \"image\", \"seq\", \"_kw_token\", \"_kw_dead\" FROM kw_cache_journal",
-                        &[],
-                    )
-                    .await
-                    .unwrap();
                 let t = db
                     .query(
                         "SELECT id, n, \"_kw_token\" FROM crash_counters WHERE id = $1",
@@ -278,13 +265,12 @@ async fn owner_killed_by_sigkill_loses_no_acknowledged_write() {
                     )
                     .await
                     .unwrap();
-                drop(j);
+                let journals = db
+                    .query("SELECT * FROM kw_cache_log_journals", &[])
+                    .await
+                    .unwrap();
                 eprintln!("table row: {t:?}");
-                for r in rows {
-                    if format!("{:?}", r[0]).ends_with(&format!("/{id}\")")) {
-                        eprintln!("journal row: {r:?}");
-                    }
-                }
+                eprintln!("journals: {journals:?}");
                 eprintln!("parent stats: {:?}", parent.stats());
             }
             assert!(

@@ -12,7 +12,7 @@
 
 use crate::cache::Inner;
 use crate::error::{CacheError, Result};
-use crate::journal::{decode_body, journal_port, registry_row, Item, LogEntry};
+use crate::journal::{decode_body, journal_port, registry_row, row_key, Item, LogEntry};
 use crate::stats::Counters;
 use keyward_dbc::{Db, DbcError, Key, Record, Table, Value};
 use keyward_ownership::{Claim, Token};
@@ -67,17 +67,12 @@ async fn live_bodies(log: &Table, journal: &str, reg: &Reg) -> Result<Vec<Vec<u8
             return Err(bad(journal, "more live rows than the ring holds"));
         }
         let keys: Vec<Key> = (seq..seq + READ_CHUNK)
-            .map(|s| {
-                vec![
-                    Value::Text(journal.to_owned()),
-                    Value::I64((s % slots) as i64),
-                ]
-            })
+            .map(|s| vec![row_key(journal, s % slots)])
             .collect();
         let got = log.get_many(&keys).await?;
         for (s, row) in (seq..).zip(got) {
             let Some(row) = row else { break 'read };
-            match (row.get(2), row.get(3), row.get(4), row.get(5)) {
+            match (row.get(3), row.get(4), row.get(5), row.get(6)) {
                 (
                     Some(Value::I64(g)),
                     Some(Value::I64(q)),

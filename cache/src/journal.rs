@@ -200,6 +200,7 @@ pub(crate) struct Journal {
     pub port: Arc<Mutex<Option<Arc<Guard>>>>,
 }
 
+#[derive(Default)]
 struct State {
     open: Option<Open>,
     /// Live rows from the head: (seq, unflushed entries in it).
@@ -374,8 +375,8 @@ impl Journal {
             }
             tracing::info!(node = %self.node, keys = again.len(), "journal compaction");
         }
-        let forgets = std::mem::take(&mut st.forgets);
-        // Bodies, cut at MAX_ROW_BYTES.
+        // Bodies, cut at MAX_ROW_BYTES. The pending forgets go in the last one; they stay
+        // pending until a commit carried them.
         let mut bodies: Vec<(Vec<u8>, Vec<usize>)> = Vec::new();
         let mut body = vec![FORMAT];
         let mut idx = Vec::new();
@@ -393,7 +394,7 @@ impl Journal {
             body.extend_from_slice(&item);
             idx.push(i);
         }
-        for (k, s) in &forgets {
+        for (k, s) in &st.forgets {
             postcard::to_io(&ItemRef::Forget(k, *s), &mut body).map_err(|e| e.to_string())?;
         }
         bodies.push((body, idx));
@@ -474,9 +475,8 @@ impl Journal {
                 o.next = last + 1;
             }
         }
-        if result.is_err() {
-            // Not written: they go with the next row (their releases wait for it).
-            st.forgets.extend(forgets);
+        if result.is_ok() {
+            st.forgets.clear();
         }
         st.truncate();
         self.write_anchor(st).await;
@@ -519,13 +519,7 @@ impl Journal {
     }
 
     pub(crate) async fn run(self, mut rx: mpsc::UnboundedReceiver<JReq>) {
-        let mut st = State {
-            open: None,
-            rows: VecDeque::new(),
-            pend: HashMap::new(),
-            forgets: Vec::new(),
-            later: Vec::new(),
-        };
+        let mut st = State::default();
         let mut batch = Vec::new();
         while let Some(first) = rx.recv().await {
             batch.clear();
@@ -632,13 +626,7 @@ mod tests {
 
     #[test]
     fn the_head_moves_only_past_fully_flushed_rows() {
-        let mut st = State {
-            open: None,
-            rows: VecDeque::new(),
-            pend: HashMap::new(),
-            forgets: Vec::new(),
-            later: Vec::new(),
-        };
+        let mut st = State::default();
         let a: Arc<str> = Arc::from("a");
         let b: Arc<str> = Arc::from("b");
         st.pin(a.clone(), 0, entry("a", 1, 1));

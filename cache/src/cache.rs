@@ -519,32 +519,22 @@ impl Cache {
             }
             guards.extend(sh.evicting.drain().map(|(_, e)| e.guard));
         }
-        let release = |g: Arc<Guard>| async move {
-            if let Ok(g) = Arc::try_unwrap(g) {
-                if let Err(e) = g.release().await {
-                    tracing::debug!(error = %e, "release at shutdown failed");
-                }
-            }
-        };
-        match closed {
+        // Keys left dirty (their flush failed) are in the journal: then its port goes first,
+        // so whoever claims one of them next adopts the journal.
+        let (journal_first, journal_last) = match closed {
             Some(journal::Closed {
                 guard: Some(j),
                 clean: false,
             }) => {
-                // Keys left dirty (their flush failed) are in the journal: its port goes
-                // first, so whoever claims one of them next adopts the journal.
                 tracing::warn!(node = %inner.coord.node_id(), "stopping with unflushed writes; the next owners adopt the journal");
-                release(j).await;
-                for g in guards {
-                    release(g).await;
-                }
+                (Some(j), None)
             }
-            other => {
-                for g in guards {
-                    release(g).await;
-                }
-                if let Some(j) = other.and_then(|c| c.guard) {
-                    release(j).await;
+            other => (None, other.and_then(|c| c.guard)),
+        };
+        for g in journal_first.into_iter().chain(guards).chain(journal_last) {
+            if let Ok(g) = Arc::try_unwrap(g) {
+                if let Err(e) = g.release().await {
+                    tracing::debug!(error = %e, "release at shutdown failed");
                 }
             }
         }

@@ -1,8 +1,10 @@
 //! Several cache nodes in one process on one in-process ownership hub, over one SQLite database.
 
-use keyward_cache::{Cache, CacheConfig, CacheTable, PeerListener, TableOptions, WriteMode};
+mod common;
+
+use keyward_cache::{Cache, CacheConfig, CacheTable, TableOptions, WriteMode};
 use keyward_dbc::{Db, Field, FieldType, TableDef, Value};
-use keyward_ownership::{Coordinator, Endpoints, InProcessHub, SessionConfig};
+use keyward_ownership::{Coordinator, InProcessHub, SessionConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,22 +69,7 @@ impl Cluster {
     }
 
     async fn node_with(&self, cfg: CacheConfig, lease: Duration) -> Node {
-        let l = PeerListener::bind("127.0.0.1:0").await.unwrap();
-        let mut endpoints = Endpoints::new();
-        endpoints.insert("cache".into(), l.local_addr().unwrap().to_string());
-        let coord = self
-            .hub
-            .connect(SessionConfig {
-                endpoints,
-                lease,
-                margin: lease / 5,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        let cache = Cache::start_on(l, cfg, coord.clone(), self.db.clone())
-            .await
-            .unwrap();
+        let (cache, coord) = common::start_node(&self.hub, &self.db, cfg, lease).await;
         Node { cache, coord }
     }
 

@@ -8,36 +8,16 @@
 //! upserted, which DBC then refuses to read as `Bool`; a pass or a failure there says nothing
 //! about real MongoDB, which no test here can reach.
 
-use keyward_cache::{Cache, CacheConfig, PeerListener, TableOptions};
+mod common;
+
+use keyward_cache::{CacheConfig, TableOptions};
 use keyward_dbc::testing::{server_url, TestServer};
 use keyward_dbc::{Db, Field, FieldType, TableDef, Value};
-use keyward_ownership::{Endpoints, InProcessHub, SessionConfig};
+use keyward_ownership::InProcessHub;
 use std::time::Duration;
 
 fn hex_id() -> String {
     format!("{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
-}
-
-async fn node(
-    hub: &InProcessHub,
-    db: &Db,
-    cfg: CacheConfig,
-) -> (Cache, keyward_ownership::Coordinator) {
-    let l = PeerListener::bind("127.0.0.1:0").await.unwrap();
-    let mut endpoints = Endpoints::new();
-    endpoints.insert("cache".into(), l.local_addr().unwrap().to_string());
-    let coord = hub
-        .connect(SessionConfig {
-            endpoints,
-            lease: Duration::from_secs(5),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let cache = Cache::start_on(l, cfg, coord.clone(), db.clone())
-        .await
-        .unwrap();
-    (cache, coord)
 }
 
 async fn exercise(url: &str) {
@@ -60,7 +40,7 @@ async fn exercise(url: &str) {
         ..Default::default()
     };
     let hub = InProcessHub::new();
-    let (a, ca) = node(&hub, &db, cfg.clone()).await;
+    let (a, ca) = common::start_node(&hub, &db, cfg.clone(), Duration::from_secs(5)).await;
     let ta = a
         .raw_table(def.clone(), TableOptions::default())
         .await
@@ -75,7 +55,7 @@ async fn exercise(url: &str) {
     ca.close().await.unwrap();
     a.abort();
 
-    let (b, _cb) = node(&hub, &db, cfg.clone()).await;
+    let (b, _cb) = common::start_node(&hub, &db, cfg.clone(), Duration::from_secs(5)).await;
     let tb = b
         .raw_table(def.clone(), TableOptions::default())
         .await

@@ -18,6 +18,7 @@ use keyward_dbc::{Db, DbcError, Key, Record, Table, Value};
 use keyward_ownership::{Claim, Token};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Log rows read per statement.
@@ -104,7 +105,7 @@ async fn live_bodies(log: &Table, journal: &str, reg: &Reg) -> Result<Vec<Vec<u8
 
 /// Writes the latest unflushed entry per key of `bodies` to the tables; returns how many.
 async fn replay(db: &Db, journal: &str, bodies: &[Vec<u8>]) -> Result<u64> {
-    let mut latest: HashMap<String, LogEntry> = HashMap::new();
+    let mut latest: HashMap<Arc<str>, LogEntry> = HashMap::new();
     let mut forgot: HashMap<String, u64> = HashMap::new();
     for (i, b) in bodies.iter().enumerate() {
         for item in decode_body(b).map_err(|e| bad(journal, format!("row {i}: {e}")))? {
@@ -122,9 +123,9 @@ async fn replay(db: &Db, journal: &str, bodies: &[Vec<u8>]) -> Result<u64> {
         }
     }
     type Writes = (Vec<(Record, Token)>, Vec<(Key, Token)>);
-    let mut by_table: HashMap<String, Writes> = HashMap::new();
+    let mut by_table: HashMap<Arc<str>, Writes> = HashMap::new();
     for (k, e) in latest {
-        if forgot.get(&k).is_some_and(|s| *s >= e.seq) {
+        if forgot.get(&*k).is_some_and(|s| *s >= e.seq) {
             continue;
         }
         let w = by_table.entry(e.table).or_default();

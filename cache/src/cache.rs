@@ -6,7 +6,7 @@ use crate::error::{CacheError, Result};
 use crate::journal::{self, log_def, registry_def, JReq, LogEntry};
 use crate::keys::{cache_key, hash_key, KeyHash, Tail};
 use crate::peer::client::{CallError, Pool};
-use crate::peer::proto::{GetManyRef, RemoteError, Request};
+use crate::peer::proto::{GetManyRef, RemoteError, Request, WriteManyRef, WriteRef};
 use crate::peer::{server, PeerListener};
 use crate::routes::{Grouped, Routes};
 use crate::stats::{inc, CacheStats, Counters};
@@ -49,6 +49,38 @@ pub(crate) enum Op {
     /// a key it does not hold ready comes back as [`Served::NotHeld`], and the caller routes
     /// that key alone. One frame instead of one per key is what makes `get_many` a pipeline.
     GetMany(Vec<Key>),
+    /// Puts and deletes of many keys in one frame, applied by the peer to the keys it holds
+    /// ready (each journaled and acknowledged as a single write would be); the others come
+    /// back as [`Outcome::NotHeld`] and the caller routes them alone. `put_many`'s pipeline.
+    WriteMany(Vec<Write>),
+}
+
+/// One write of a [`Op::WriteMany`]: a put carries its key inside its record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Write {
+    Put(Record),
+    Delete(Key),
+}
+
+/// One key's answer in a `WriteMany` reply.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    /// Durable in the owner's journal (or table), acknowledged.
+    Done,
+    /// Not held ready by this node: route this key alone.
+    NotHeld,
+    /// Refused or failed at the owner.
+    Failed(String),
+}
+
+/// A write on its way to its owner: key, primary key, change.
+type Item = (Arc<str>, Key, WriteOp);
+
+/// What [`Inner::write_here`] did with one write.
+enum Here {
+    Done,
+    NotHeld(Item),
+    Failed(CacheError),
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -60,6 +92,8 @@ pub(crate) enum Reply {
     Redirect(Option<String>),
     /// Per key of a `GetMany`, in order.
     Values(Vec<Served>),
+    /// Per write of a `WriteMany`, in order.
+    Written(Vec<Outcome>),
 }
 
 /// One key's answer in a `GetMany` reply. An enum rather than `Option<Option<Record>>`, whose
@@ -95,6 +129,17 @@ enum Probe {
     Absent(u64),
     /// The general path must decide.
     Other,
+}
+
+/// A write-back write applied in memory: answered at once (nothing to write), or waiting
+/// for its journal commit.
+enum Staged {
+    Now(Reply),
+    Journaled {
+        rx: oneshot::Receiver<Result<()>>,
+        guard: Arc<Guard>,
+        reply: Reply,
+    },
 }
 
 /// A key to be read from another node: its hash, or its string when that was built anyway.
@@ -163,8 +208,10 @@ impl Drop for Flight<'_> {
     }
 }
 
-/// Keys per `GetMany` frame.
+/// Keys per `GetMany` or `WriteMany` frame.
 const GET_MANY_KEYS: usize = 256;
+/// Bytes of values (estimated) in one `WriteMany` frame.
+const WRITE_MANY_BYTES: usize = 1 << 20;
 /// Bytes of values (estimated) in one `GetMany` reply before the remaining keys come back
 /// as [`Served::NotHeld`].
 const GET_MANY_REPLY_BYTES: usize = 1 << 20;
@@ -467,6 +514,158 @@ impl Cache {
         check_write(ts, &pk, &op)?;
         let key = inner.key(ts, &pk)?;
         inner.execute(ts, key, &pk, &Op::Write(op), true).await
+    }
+
+    /// Puts and deletes of many keys: those this node owns applied here, the others sent in
+    /// one frame per known owner, and the rest (unknown owner, or not held by the one asked)
+    /// routed one by one as [`Cache::write`] does. Not atomic across keys: each write is
+    /// acknowledged on its own, `Ok` once all are; after an error some may have been applied.
+    /// Of several writes to one key, the last is the one made.
+    pub(crate) async fn write_many(&self, ts: &Arc<TableState>, writes: Vec<Write>) -> Result<()> {
+        let inner = &self.inner;
+        inner.check_open()?;
+        let mut items: Vec<Item> = Vec::with_capacity(writes.len());
+        let mut at: HashMap<Arc<str>, usize> = HashMap::with_capacity(writes.len());
+        for w in writes {
+            let (pk, op) = match w {
+                Write::Put(rec) => {
+                    ts.check_record(&rec)?;
+                    (ts.pk_of(&rec), WriteOp::Put(rec))
+                }
+                Write::Delete(pk) => {
+                    ts.check_pk(&pk)?;
+                    (pk, WriteOp::Delete)
+                }
+            };
+            let key = inner.key(ts, &pk)?;
+            match at.get(&key) {
+                // A later write to the same key replaces the earlier one.
+                Some(&i) => items[i] = (key, pk, op),
+                None => {
+                    at.insert(key.clone(), items.len());
+                    items.push((key, pk, op));
+                }
+            }
+        }
+        drop(at);
+        let mut alone: Vec<usize> = Vec::new();
+        let mut first_err: Option<CacheError> = None;
+        // Writes to route alone whose items left `items` (the local ones not held after all).
+        let mut extra: Vec<Item> = Vec::new();
+        if ts.opts.mode == WriteMode::WriteThrough {
+            alone.extend(0..items.len());
+        } else {
+            let (local, remote): (Vec<Item>, Vec<Item>) =
+                items.into_iter().partition(|(key, _, _)| inner.holds(key));
+            items = remote;
+            if !local.is_empty() {
+                for h in inner.write_here(ts, local).await {
+                    match h {
+                        Here::Done => {}
+                        Here::NotHeld(item) => extra.push(item),
+                        Here::Failed(e) => {
+                            first_err.get_or_insert(e);
+                        }
+                    }
+                }
+            }
+            let elsewhere = items
+                .iter()
+                .enumerate()
+                .map(|(i, (key, _, _))| (i, hash_key(key)));
+            let Grouped { by_owner, unknown } = inner.routes.group(elsewhere);
+            alone.extend(unknown);
+            let mut frames: Vec<(Arc<str>, Vec<usize>)> = Vec::new();
+            for (addr, ix) in by_owner {
+                let mut cur: Vec<usize> = Vec::new();
+                let mut bytes = 0;
+                for i in ix {
+                    let size = match &items[i].2 {
+                        WriteOp::Put(r) => crate::store::record_size(Some(r)),
+                        _ => 0,
+                    };
+                    if !cur.is_empty()
+                        && (cur.len() >= GET_MANY_KEYS || bytes + size > WRITE_MANY_BYTES)
+                    {
+                        frames.push((addr.clone(), std::mem::take(&mut cur)));
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    cur.push(i);
+                }
+                if !cur.is_empty() {
+                    frames.push((addr, cur));
+                }
+            }
+            let items = &items;
+            let calls = frames.into_iter().map(|(addr, ix)| async move {
+                if ix.len() < 2 {
+                    return (addr, ix, None);
+                }
+                let refs: Vec<WriteRef<'_>> = ix
+                    .iter()
+                    .map(|i| match &items[*i] {
+                        (_, _, WriteOp::Put(r)) => WriteRef::Put(r),
+                        (_, pk, _) => WriteRef::Delete(pk),
+                    })
+                    .collect();
+                let r = inner
+                    .peers
+                    .call(&addr, ts.name(), &Vec::new(), &WriteManyRef(&refs))
+                    .await;
+                (addr, ix, Some(r))
+            });
+            for (addr, ix, got) in futures::future::join_all(calls).await {
+                match got {
+                    None => alone.extend(ix),
+                    Some(Ok(Reply::Written(outs))) if outs.len() == ix.len() => {
+                        inc(&inner.c.forward_batches);
+                        for (i, o) in ix.into_iter().zip(outs) {
+                            match o {
+                                Outcome::Done => inc(&inner.c.forwards),
+                                Outcome::NotHeld => alone.push(i),
+                                Outcome::Failed(message) => {
+                                    first_err.get_or_insert(CacheError::Peer {
+                                        addr: addr.to_string(),
+                                        message,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    // Not sent: the single path knows how to find the owner again.
+                    Some(Err(CallError::NotSent(_))) => alone.extend(ix),
+                    Some(Err(CallError::Lost)) => {
+                        first_err.get_or_insert(CacheError::Indeterminate {
+                            addr: addr.to_string(),
+                        });
+                    }
+                    Some(Err(CallError::Remote(message))) => {
+                        first_err.get_or_insert(CacheError::Peer {
+                            addr: addr.to_string(),
+                            message,
+                        });
+                    }
+                    Some(Ok(other)) => {
+                        first_err.get_or_insert(unexpected(&other));
+                    }
+                }
+            }
+        }
+        let mut items: Vec<Option<Item>> = items.into_iter().map(Some).collect();
+        extra.extend(alone.into_iter().filter_map(|i| items[i].take()));
+        let singles = extra.into_iter().map(|(key, pk, op)| async move {
+            inner.execute(ts, key, &pk, &Op::Write(op), true).await
+        });
+        for r in futures::future::join_all(singles).await {
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     pub(crate) async fn invalidate(&self, ts: &Arc<TableState>, pk: &[Value]) -> Result<()> {
@@ -972,10 +1171,10 @@ impl Inner {
                         },
                         Op::Write(w) => self.write_local(ts, &key, pk, w).await?,
                         Op::Invalidate => Some(Box::pin(self.invalidate_local(&key)).await?),
-                        Op::GetMany(_) => {
+                        Op::GetMany(_) | Op::WriteMany(_) => {
                             return Err(CacheError::invalid(
                                 ts.name(),
-                                "a multi-key read is not routed by one key",
+                                "a multi-key call is not routed by one key",
                             ))
                         }
                     };
@@ -1049,53 +1248,101 @@ impl Inner {
         if ts.opts.mode == WriteMode::WriteThrough {
             return Box::pin(self.write_through(ts, key, pk, op)).await;
         }
-        let budget = self.store.budget;
-        let (rx, guard, reply, released, wake) = {
-            let mut sh = self.store.shard(key);
-            let Some(e) = sh.map.get_mut(key) else {
-                return Ok(None);
-            };
-            if !e.guard.is_valid() {
-                return Ok(None);
-            }
-            let (new, reply) = match compute(ts, pk, e.value.as_ref(), op)? {
-                Computed::NoWrite(r) => return Ok(Some(r)),
-                Computed::Write(n, r) => (n, r),
-            };
-            let seq = self.next_seq();
-            let guard = e.guard.clone();
-            let (tx, rx) = oneshot::channel();
-            // Queued under the shard lock, so the journal sees this key's writes in order.
-            let req = JReq::Put {
-                key: key.clone(),
-                entry: LogEntry {
-                    key: key.to_string(),
-                    table: ts.name().to_owned(),
-                    token: guard.token(),
-                    seq,
-                    pk: pk.clone(),
-                    image: new.clone(),
-                },
-                done: tx,
-            };
-            let size = entry_size(key, pk, new.as_ref());
-            e.set_value(new);
-            e.seq = seq;
-            self.c.journal_pending.fetch_add(1, Ordering::Relaxed);
-            if self.journal.send(req).is_err() {
-                self.c.journal_pending.fetch_sub(1, Ordering::Relaxed);
-                return Err(CacheError::Closed);
-            }
-            sh.resize(key, size, &self.c);
-            sh.mark_dirty(key, Instant::now(), &self.c);
-            let mut released = Vec::new();
-            let wake = sh.enforce(budget, &self.c, &mut released, Some(key));
-            (rx, guard, reply, released, wake)
-        };
+        let mut released = Vec::new();
+        let mut wake = false;
+        let staged = self.stage_write(ts, key, pk, op, &mut released, &mut wake);
         self.release_later(released);
         if wake {
             self.flush_wake.notify_one();
         }
+        match staged? {
+            None => Ok(None),
+            Some(Staged::Now(r)) => Ok(Some(r)),
+            Some(Staged::Journaled { rx, guard, reply }) => {
+                self.acknowledge(key, rx, &guard).await?;
+                Ok(Some(reply))
+            }
+        }
+    }
+
+    /// The in-memory half of a write-back write: applied to the entry and queued for the
+    /// journal under the shard lock (so the journal sees each key's writes in order). `None`
+    /// when this node does not hold the key.
+    fn stage_write(
+        &self,
+        ts: &Arc<TableState>,
+        key: &Arc<str>,
+        pk: &Key,
+        op: &WriteOp,
+        released: &mut Vec<Arc<Guard>>,
+        wake: &mut bool,
+    ) -> Result<Option<Staged>> {
+        let budget = self.store.budget;
+        let mut locked = self.store.shard(key);
+        // One lookup of the key: the entry's fields and the shard's are borrowed apart.
+        let sh = &mut *locked;
+        let Some(e) = sh.map.get_mut(key) else {
+            return Ok(None);
+        };
+        if !e.guard.is_valid() {
+            return Ok(None);
+        }
+        let (new, reply) = match compute(ts, pk, e.value.as_ref(), op)? {
+            Computed::NoWrite(r) => return Ok(Some(Staged::Now(r))),
+            Computed::Write(n, r) => (n, r),
+        };
+        let seq = self.next_seq();
+        let guard = e.guard.clone();
+        let (tx, rx) = oneshot::channel();
+        let req = JReq::Put {
+            key: key.clone(),
+            entry: LogEntry {
+                key: key.clone(),
+                table: ts.name.clone(),
+                token: guard.token(),
+                seq,
+                pk: pk.clone(),
+                image: new.clone(),
+            },
+            done: tx,
+        };
+        let size = entry_size(key, pk, new.as_ref());
+        self.c.journal_pending.fetch_add(1, Ordering::Relaxed);
+        if self.journal.send(req).is_err() {
+            self.c.journal_pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(CacheError::Closed);
+        }
+        e.set_value(new);
+        e.seq = seq;
+        let old = std::mem::replace(&mut e.size, size);
+        let now = e.dirty_since.is_none().then(Instant::now);
+        if let Some(t) = now {
+            e.dirty_since = Some(t);
+        }
+        sh.bytes = (sh.bytes + size).saturating_sub(old);
+        self.c
+            .bytes
+            .fetch_add(size as i64 - old as i64, Ordering::Relaxed);
+        if let Some(t) = now {
+            // Newly dirty (a dirty entry is in `dirty` and `due` already).
+            sh.due.push_back((t, key.clone()));
+            if sh.dirty.insert(key.clone()) {
+                self.c.dirty.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        *wake |= sh.enforce(budget, &self.c, released, Some(key));
+        Ok(Some(Staged::Journaled { rx, guard, reply }))
+    }
+
+    /// The durable half: waits for the journal commit, then acknowledges only while surely
+    /// still the owner (a successor reads the journal after our lease ended, hence after this
+    /// commit).
+    async fn acknowledge(
+        &self,
+        key: &str,
+        rx: oneshot::Receiver<Result<()>>,
+        guard: &Guard,
+    ) -> Result<()> {
         match rx.await {
             Ok(Ok(())) => {}
             // The write stays in memory, dirty, and reaches the table with the next flush:
@@ -1104,15 +1351,98 @@ impl Inner {
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(CacheError::Closed),
         }
-        // Acknowledge only while surely still the owner: a successor reads the journal after
-        // our lease ended, hence after this commit.
         if !guard.is_valid() {
             return Err(CacheError::OwnershipLost {
                 key: key.to_string(),
             });
         }
         inc(&self.c.writes);
-        Ok(Some(reply))
+        Ok(())
+    }
+
+    /// Puts and deletes of keys this node holds ready, all staged before any is awaited, so
+    /// that they share journal commits. Keys not held come back [`Here::NotHeld`], with their
+    /// write.
+    async fn write_here(&self, ts: &Arc<TableState>, items: Vec<Item>) -> Vec<Here> {
+        if ts.opts.mode == WriteMode::WriteThrough || self.check_open().is_err() {
+            return items.into_iter().map(Here::NotHeld).collect();
+        }
+        let mut released = Vec::new();
+        let mut wake = false;
+        let mut staged = Vec::with_capacity(items.len());
+        for item in items {
+            let (key, pk, op) = (&item.0, &item.1, &item.2);
+            let mut st = self.stage_write(ts, key, pk, op, &mut released, &mut wake);
+            // Not in the map as valid: `lookup` knows the other cases (a key on its way out
+            // comes back). An expired entry is written over: a put or delete needs no reload.
+            if matches!(st, Ok(None))
+                && matches!(
+                    self.lookup(key, false),
+                    Look::Ready | Look::Hit(_) | Look::Expired
+                )
+            {
+                st = self.stage_write(ts, key, pk, op, &mut released, &mut wake);
+            }
+            staged.push((item, st));
+        }
+        self.release_later(released);
+        if wake {
+            self.flush_wake.notify_one();
+        }
+        let mut out = Vec::with_capacity(staged.len());
+        for (item, st) in staged {
+            out.push(match st {
+                Ok(None) => Here::NotHeld(item),
+                Ok(Some(Staged::Now(_))) => Here::Done,
+                Ok(Some(Staged::Journaled { rx, guard, .. })) => {
+                    match self.acknowledge(&item.0, rx, &guard).await {
+                        Ok(()) => Here::Done,
+                        Err(e) => Here::Failed(e),
+                    }
+                }
+                Err(e) => Here::Failed(e),
+            });
+        }
+        out
+    }
+
+    /// A peer's `WriteMany`: each write checked as a single one would be at its owner.
+    async fn serve_write_many(&self, table: &str, writes: Vec<Write>) -> Result<Reply> {
+        self.check_open()?;
+        let ts = self.table_state(table)?;
+        let mut out: Vec<Option<Outcome>> = Vec::with_capacity(writes.len());
+        let mut items = Vec::with_capacity(writes.len());
+        for w in writes {
+            let checked = match w {
+                Write::Put(rec) => ts
+                    .check_record(&rec)
+                    .map(|()| (ts.pk_of(&rec), WriteOp::Put(rec))),
+                Write::Delete(pk) => ts.check_pk(&pk).map(|()| (pk, WriteOp::Delete)),
+            }
+            .and_then(|(pk, op)| Ok((self.key(&ts, &pk)?, pk, op)));
+            match checked {
+                Ok(item) => {
+                    out.push(None);
+                    items.push(item);
+                }
+                Err(e) => out.push(Some(Outcome::Failed(e.to_string()))),
+            }
+        }
+        let mut done = self.write_here(&ts, items).await.into_iter();
+        let out = out
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| match done.next() {
+                    Some(Here::Done) => {
+                        inc(&self.c.served_for_peers);
+                        Outcome::Done
+                    }
+                    Some(Here::Failed(e)) => Outcome::Failed(e.to_string()),
+                    Some(Here::NotHeld(_)) | None => Outcome::NotHeld,
+                })
+            })
+            .collect();
+        Ok(Reply::Written(out))
     }
 
     async fn write_through(
@@ -1332,9 +1662,17 @@ impl Inner {
         pk: Key,
         op: Op,
     ) -> Result<Reply, RemoteError> {
-        if let Op::GetMany(pks) = &op {
-            return self.serve_get_many(&table, pks);
-        }
+        let op = match op {
+            Op::GetMany(pks) => return self.serve_get_many(&table, &pks),
+            Op::WriteMany(ws) => {
+                return Box::pin(self.serve_write_many(&table, ws))
+                    .await
+                    .map_err(|e| RemoteError {
+                        message: e.to_string(),
+                    })
+            }
+            op => op,
+        };
         inc(&self.c.served_for_peers);
         let r = async {
             self.check_open()?;

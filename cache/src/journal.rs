@@ -27,10 +27,11 @@
 
 use crate::error::CacheError;
 use crate::stats::Counters;
+use crate::store::FastMap;
 use keyward_dbc::{Db, Field, FieldType, Key, Record, Table, TableDef, Value};
 use keyward_ownership::{Claim, Coordinator, Guard, Token};
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -108,8 +109,9 @@ pub(crate) fn registry_row(
 /// One acknowledged write: the key's whole image after it (None: deleted).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct LogEntry {
-    pub key: String,
-    pub table: String,
+    // Shared with the cache's map and table state (serde's `rc`: written as plain strings).
+    pub key: Arc<str>,
+    pub table: Arc<str>,
     pub token: Token,
     pub seq: u64,
     pub pk: Key,
@@ -205,7 +207,7 @@ struct State {
     open: Option<Open>,
     /// Live rows from the head: (seq, unflushed entries in it).
     rows: VecDeque<(u64, usize)>,
-    pend: HashMap<Arc<str>, Pinned>,
+    pend: FastMap<Arc<str>, Pinned>,
     /// Forgets not written yet.
     forgets: Vec<(Arc<str>, u64)>,
     later: Vec<Arc<Guard>>,
@@ -354,7 +356,7 @@ impl Journal {
         &self,
         st: &mut State,
         entries: Vec<(Arc<str>, LogEntry)>,
-        flushed: &HashMap<Arc<str>, u64>,
+        flushed: &FastMap<Arc<str>, u64>,
     ) -> Result<(), String> {
         self.open(st).await?;
         let head = st.head();
@@ -530,9 +532,10 @@ impl Journal {
                     Err(_) => break,
                 }
             }
-            let mut puts: HashMap<Arc<str>, LogEntry> = HashMap::new();
+            let mut puts: FastMap<Arc<str>, LogEntry> =
+                FastMap::with_capacity_and_hasher(batch.len(), Default::default());
             let mut waiters: Vec<oneshot::Sender<Result<(), CacheError>>> = Vec::new();
-            let mut flushed: HashMap<Arc<str>, u64> = HashMap::new();
+            let mut flushed: FastMap<Arc<str>, u64> = FastMap::default();
             let mut barriers = Vec::new();
             let mut closes = Vec::new();
             for r in batch.drain(..) {

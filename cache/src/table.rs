@@ -1,7 +1,7 @@
 //! Tables registered with a cache: their options, update functions, and the typed and raw
 //! handles callers use.
 
-use crate::cache::{Cache, Reply, WriteOp};
+use crate::cache::{Cache, Reply, Write, WriteOp};
 use crate::error::{CacheError, Result};
 use crate::keys::KeyHash;
 use crate::mapping::{from_record, to_record};
@@ -41,6 +41,8 @@ pub type UpdateFn = Arc<
 
 pub(crate) struct TableState {
     pub def: TableDef,
+    /// `def.name`, shared by every journal entry of the table.
+    pub name: Arc<str>,
     pub table: Table,
     pub pk_idx: Vec<usize>,
     pub opts: TableOptions,
@@ -71,6 +73,7 @@ impl TableState {
             return Err(CacheError::invalid(&def.name, "no primary key"));
         }
         Ok(TableState {
+            name: Arc::from(def.name.as_str()),
             def,
             table,
             pk_idx,
@@ -195,6 +198,21 @@ impl RawTable {
             .write(&self.ts, pk, WriteOp::Delete)
             .await
             .map(|_| ())
+    }
+
+    /// Puts many records in one call: one frame per owning node instead of one per record,
+    /// and shared journal commits. Each put is acknowledged as [`RawTable::put`]'s is; `Ok`
+    /// once all are. Not atomic: after an error, some of the records may have been written.
+    /// Of several records with one key, the last is the one written.
+    pub async fn put_many(&self, recs: Vec<Record>) -> Result<()> {
+        let writes = recs.into_iter().map(Write::Put).collect();
+        self.cache.write_many(&self.ts, writes).await
+    }
+
+    /// Deletes many keys in one call, as [`RawTable::put_many`] puts.
+    pub async fn delete_many(&self, pks: &[Key]) -> Result<()> {
+        let writes = pks.iter().cloned().map(Write::Delete).collect();
+        self.cache.write_many(&self.ts, writes).await
     }
 
     /// Replaces the record with `new` (None deletes) if it currently equals `expected` (None:
@@ -323,6 +341,20 @@ impl<T: Serialize + DeserializeOwned> CacheTable<T> {
 
     pub async fn delete(&self, pk: &[Value]) -> Result<()> {
         self.raw.delete(pk).await
+    }
+
+    /// See [`RawTable::put_many`].
+    pub async fn put_many(&self, values: &[T]) -> Result<()> {
+        let recs = values
+            .iter()
+            .map(|v| self.encode(v))
+            .collect::<Result<Vec<_>>>()?;
+        self.raw.put_many(recs).await
+    }
+
+    /// See [`RawTable::delete_many`].
+    pub async fn delete_many(&self, pks: &[Key]) -> Result<()> {
+        self.raw.delete_many(pks).await
     }
 
     pub async fn compare_and_put(

@@ -200,23 +200,38 @@ async fn read_your_writes_from_any_node() {
     );
 }
 
+fn named(prefix: &str, i: usize, v: &str) -> Item {
+    Item {
+        id: format!("{prefix}/{i}"),
+        v: v.into(),
+    }
+}
+
+/// Two nodes on `table`: A wrote keys `<prefix>/0` to `<prefix>/19` (value "a") and owns them,
+/// B wrote `<prefix>/21` (value "b").
+async fn two_owners(
+    c: &Cluster,
+    table: &str,
+    prefix: &str,
+) -> (Node, Node, CacheTable<Item>, CacheTable<Item>) {
+    let a = c.node().await;
+    let b = c.node().await;
+    let ta = items(&a, table).await;
+    let tb = items(&b, table).await;
+    for i in 0..20 {
+        ta.put(&named(prefix, i, "a")).await.unwrap();
+    }
+    tb.put(&named(prefix, 21, "b")).await.unwrap();
+    (a, b, ta, tb)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_many_sends_one_frame_per_owner_and_routes_the_rest_alone() {
     let c = Cluster::new().await;
-    let a = c.node().await;
-    let b = c.node().await;
-    let ta = items(&a, "many").await;
-    let tb = items(&b, "many").await;
-    let item = |i: usize, v: &str| Item {
-        id: format!("m/{i}"),
-        v: v.into(),
-    };
-    for i in 0..20 {
-        ta.put(&item(i, "a")).await.unwrap();
-    }
     // Keys 0..20 are A's; m/20 was never written (nobody owns it, so B claims it and reads
     // None); m/21 is B's own.
-    tb.put(&item(21, "b")).await.unwrap();
+    let (a, b, ta, tb) = two_owners(&c, "many", "m").await;
+    let item = |i: usize, v: &str| named("m", i, v);
     let pks: Vec<Vec<Value>> = (0..22).map(|i| sk(&format!("m/{i}"))).collect();
     let expect = |over: &[(usize, &str)]| -> Vec<Option<Item>> {
         (0..22)
@@ -250,6 +265,140 @@ async fn get_many_sends_one_frame_per_owner_and_routes_the_rest_alone() {
     );
     a.cache.shutdown().await.unwrap();
     b.cache.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_many_sends_one_frame_per_owner_and_routes_the_rest_alone() {
+    let c = Cluster::new().await;
+    let (a, b, ta, tb) = two_owners(&c, "pm", "p").await;
+    let item = |i: usize, v: &str| named("p", i, v);
+    let pks: Vec<Vec<Value>> = (0..22).map(|i| sk(&format!("p/{i}"))).collect();
+    let all = |v: &str| (0..22).map(|i| item(i, v)).collect::<Vec<_>>();
+    let read_both = || async {
+        let x = ta.get_many(&pks).await.unwrap();
+        let y = tb.get_many(&pks).await.unwrap();
+        assert_eq!(x, y, "both nodes read the same");
+        x
+    };
+    // First call from B: no owner known yet, so A's keys go alone (and are remembered); p/20,
+    // owned by nobody, is claimed by B; p/21 is B's own and written here.
+    tb.put_many(&all("1")).await.unwrap();
+    assert_eq!(b.cache.stats().forward_batches, 0);
+    assert_eq!(
+        read_both().await,
+        all("1").into_iter().map(Some).collect::<Vec<_>>()
+    );
+    // Second call: A's twenty keys in one frame.
+    let before = b.cache.stats();
+    tb.put_many(&all("2")).await.unwrap();
+    let after = b.cache.stats();
+    assert_eq!(after.forward_batches - before.forward_batches, 1);
+    assert_eq!(after.forwards - before.forwards, 20);
+    assert_eq!(
+        read_both().await,
+        all("2").into_iter().map(Some).collect::<Vec<_>>()
+    );
+    // A key A gave up is not held there any more: it comes back from the frame and is routed
+    // alone. Of two writes to one key, the last one is made.
+    ta.invalidate(&[sk("p/3")]).await.unwrap();
+    let mut w = all("3");
+    w.push(item(5, "3-later"));
+    w.insert(0, item(6, "3-earlier"));
+    tb.put_many(&w).await.unwrap();
+    let got = read_both().await;
+    assert_eq!(got[3], Some(item(3, "3")));
+    assert_eq!(got[5], Some(item(5, "3-later")));
+    assert_eq!(got[6], Some(item(6, "3")));
+    // Deletes, from the node that owns neither key of the pair.
+    tb.delete_many(&[sk("p/4"), sk("p/5")]).await.unwrap();
+    let got = read_both().await;
+    assert_eq!((got[4].clone(), got[5].clone()), (None, None));
+    // Bad input is a typed error before anything is sent.
+    let bad = tb
+        .raw()
+        .put_many(vec![vec![Value::I64(1)]])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(bad, keyward_cache::CacheError::InvalidInput { .. }),
+        "{bad}"
+    );
+    tb.put_many(&[]).await.unwrap();
+    // Everything acknowledged reaches the table.
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+    let raw = c.db.define_table(items_def("pm")).await.unwrap();
+    for i in 0..22 {
+        let row = raw.get(&sk(&format!("p/{i}"))).await.unwrap();
+        let want = match i {
+            4 | 5 => None,
+            _ => Some(vec![Value::Text(format!("p/{i}")), Value::Text("3".into())]),
+        };
+        assert_eq!(row, want, "row p/{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_owner_loses_no_write_acknowledged_by_put_many() {
+    let c = Cluster::new().await;
+    let b = c.node().await;
+    let d = c.node().await;
+    let tb = counters(&b).await;
+    let td = counters(&d).await;
+    const PER: i64 = 4;
+    for round in 0..5i64 {
+        let a = c.never_flushing_node().await;
+        let ta = counters(&a).await;
+        let writers: Vec<CacheTable<Counter>> = vec![ta.clone(), tb.clone(), td.clone()];
+        let ids = |w: usize| -> Vec<i64> {
+            (0..PER)
+                .map(|j| 10_000 + round * 100 + w as i64 * PER + j)
+                .collect()
+        };
+        for w in 0..writers.len() {
+            for id in ids(w) {
+                ta.get(&k(id)).await.unwrap(); // the victim owns them all
+            }
+        }
+        // Each writer owns its keys' values: it writes 1, 2, 3, … to all of them at once, so
+        // a key's value must end between its last acknowledged and its last attempted one.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for (w, t) in writers.into_iter().enumerate() {
+            let stop = stop.clone();
+            let ids = ids(w);
+            tasks.push(tokio::spawn(async move {
+                let (mut acked, mut n) = (0i64, 0i64);
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let batch: Vec<Counter> = ids.iter().map(|id| Counter { id: *id, n }).collect();
+                    if t.put_many(&batch).await.is_ok() {
+                        acked = n;
+                    }
+                }
+                (ids, acked, n)
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(a.cache.stats().writes > 0, "the victim acknowledged writes");
+        a.coord.close().await.unwrap();
+        a.cache.abort();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in tasks {
+            let (ids, acked, tried) = t.await.unwrap();
+            for id in ids {
+                let got = tb.get(&k(id)).await.unwrap().map_or(0, |c| c.n);
+                assert!(
+                    got >= acked && got <= tried,
+                    "round {round} key {id}: {got} served, {acked} acknowledged, {tried} tried"
+                );
+            }
+        }
+    }
+    assert!(b.cache.stats().forward_batches + d.cache.stats().forward_batches > 0);
+    b.cache.shutdown().await.unwrap();
+    d.cache.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

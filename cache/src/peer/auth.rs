@@ -5,8 +5,9 @@ use sha2::Sha256;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The protocol's version is in its magic: KWC1 framed JSON, KWC2 framed postcard.
-const MAGIC: &[u8; 4] = b"KWC2";
+/// The protocol's version is in its magic: KWC1 framed JSON, KWC2 framed postcard, KWC3
+/// adds `WriteMany` (an older peer could not read it, and would drop the whole connection).
+const MAGIC: &[u8; 4] = b"KWC3";
 const NONCE: usize = 16;
 const TAG: usize = 32;
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);

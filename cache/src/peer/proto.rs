@@ -1,7 +1,7 @@
 //! Frames of the peer protocol.
 
 use crate::cache::{Op, Reply};
-use keyward_dbc::Key;
+use keyward_dbc::{Key, Record};
 use serde::{Deserialize, Serialize};
 use tokio_util::codec::LengthDelimitedCodec;
 
@@ -29,6 +29,25 @@ impl Serialize for GetManyRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         // `Op`'s variants in declaration order: Get, Write, Invalidate, GetMany.
         s.serialize_newtype_variant("Op", 3, "GetMany", self.0)
+    }
+}
+
+/// A [`crate::cache::Write`] by reference, written as the owned one.
+#[derive(Serialize)]
+#[serde(rename = "Write")]
+pub(crate) enum WriteRef<'a> {
+    Put(&'a Record),
+    Delete(&'a Key),
+}
+
+/// An [`Op::WriteMany`] written from the caller's writes without copying them (the caller
+/// keeps them to route alone any key the peer does not hold).
+pub(crate) struct WriteManyRef<'a>(pub &'a [WriteRef<'a>]);
+
+impl Serialize for WriteManyRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // `Op`'s variants in declaration order: Get, Write, Invalidate, GetMany, WriteMany.
+        s.serialize_newtype_variant("Op", 4, "WriteMany", self.0)
     }
 }
 
@@ -135,6 +154,28 @@ mod tests {
         assert_eq!(owned, borrowed);
         match postcard::from_bytes::<Op>(&borrowed).unwrap() {
             Op::GetMany(back) => assert_eq!(back, keys),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_borrowed_write_many_is_written_as_the_owned_one() {
+        use crate::cache::Write;
+        let rec = every_value();
+        let pk: Key = vec![Value::Text("ключ".into())];
+        let owned = postcard::to_stdvec(&Op::WriteMany(vec![
+            Write::Put(rec.clone()),
+            Write::Delete(pk.clone()),
+        ]))
+        .unwrap();
+        let refs = [WriteRef::Put(&rec), WriteRef::Delete(&pk)];
+        let borrowed = postcard::to_stdvec(&WriteManyRef(&refs)).unwrap();
+        assert_eq!(owned, borrowed);
+        match postcard::from_bytes::<Op>(&borrowed).unwrap() {
+            Op::WriteMany(back) => {
+                assert!(matches!(&back[0], Write::Put(r) if *r == rec));
+                assert!(matches!(&back[1], Write::Delete(k) if *k == pk));
+            }
             other => panic!("{other:?}"),
         }
     }

@@ -142,26 +142,11 @@ async fn replay(db: &Db, journal: &str, bodies: &[Vec<u8>]) -> Result<u64> {
                 format!("it holds writes of table {name}, which cannot be opened: {e}"),
             )
         })?;
-        let mut results = Vec::new();
-        if !puts.is_empty() {
-            results.extend(
-                crate::batch::put_fenced_many(db, &table, &puts)
-                    .await?
-                    .results
-                    .into_iter()
-                    .map(|r| r.map(|_| ())),
-            );
-        }
-        if !dels.is_empty() {
-            results.extend(
-                crate::batch::delete_fenced_many(db, &table, &dels)
-                    .await?
-                    .results
-                    .into_iter()
-                    .map(|r| r.map(|_| ())),
-            );
-        }
-        for r in results {
+        // Both return at once, without a statement, when given nothing.
+        let put = crate::batch::put_fenced_many(db, &table, &puts).await?;
+        let del = crate::batch::delete_fenced_many(db, &table, &dels).await?;
+        let dels = del.results.into_iter().map(|r| r.map(|_| ()));
+        for r in put.results.into_iter().chain(dels) {
             match r {
                 // A newer owner wrote the key: its row stands.
                 Ok(()) | Err(DbcError::Fenced { .. }) => n += 1,

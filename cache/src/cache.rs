@@ -265,6 +265,21 @@ fn check_write(ts: &TableState, pk: &Key, op: &WriteOp) -> Result<()> {
     Ok(())
 }
 
+/// A write of a `write_many` checked against its table, as a single put or delete is: its
+/// primary key and change.
+fn checked(ts: &TableState, w: Write) -> Result<(Key, WriteOp)> {
+    Ok(match w {
+        Write::Put(rec) => {
+            ts.check_record(&rec)?;
+            (ts.pk_of(&rec), WriteOp::Put(rec))
+        }
+        Write::Delete(pk) => {
+            ts.check_pk(&pk)?;
+            (pk, WriteOp::Delete)
+        }
+    })
+}
+
 pub(crate) fn unexpected(r: &Reply) -> CacheError {
     CacheError::Peer {
         addr: String::new(),
@@ -527,16 +542,7 @@ impl Cache {
         let mut items: Vec<Item> = Vec::with_capacity(writes.len());
         let mut at: HashMap<Arc<str>, usize> = HashMap::with_capacity(writes.len());
         for w in writes {
-            let (pk, op) = match w {
-                Write::Put(rec) => {
-                    ts.check_record(&rec)?;
-                    (ts.pk_of(&rec), WriteOp::Put(rec))
-                }
-                Write::Delete(pk) => {
-                    ts.check_pk(&pk)?;
-                    (pk, WriteOp::Delete)
-                }
-            };
+            let (pk, op) = checked(ts, w)?;
             let key = inner.key(ts, &pk)?;
             match at.get(&key) {
                 // A later write to the same key replaces the earlier one.
@@ -1278,9 +1284,7 @@ impl Inner {
         wake: &mut bool,
     ) -> Result<Option<Staged>> {
         let budget = self.store.budget;
-        let mut locked = self.store.shard(key);
-        // One lookup of the key: the entry's fields and the shard's are borrowed apart.
-        let sh = &mut *locked;
+        let mut sh = self.store.shard(key);
         let Some(e) = sh.map.get_mut(key) else {
             return Ok(None);
         };
@@ -1314,22 +1318,8 @@ impl Inner {
         }
         e.set_value(new);
         e.seq = seq;
-        let old = std::mem::replace(&mut e.size, size);
-        let now = e.dirty_since.is_none().then(Instant::now);
-        if let Some(t) = now {
-            e.dirty_since = Some(t);
-        }
-        sh.bytes = (sh.bytes + size).saturating_sub(old);
-        self.c
-            .bytes
-            .fetch_add(size as i64 - old as i64, Ordering::Relaxed);
-        if let Some(t) = now {
-            // Newly dirty (a dirty entry is in `dirty` and `due` already).
-            sh.due.push_back((t, key.clone()));
-            if sh.dirty.insert(key.clone()) {
-                self.c.dirty.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        sh.resize(key, size, &self.c);
+        sh.mark_dirty(key, Instant::now(), &self.c);
         *wake |= sh.enforce(budget, &self.c, released, Some(key));
         Ok(Some(Staged::Journaled { rx, guard, reply }))
     }
@@ -1413,14 +1403,8 @@ impl Inner {
         let mut out: Vec<Option<Outcome>> = Vec::with_capacity(writes.len());
         let mut items = Vec::with_capacity(writes.len());
         for w in writes {
-            let checked = match w {
-                Write::Put(rec) => ts
-                    .check_record(&rec)
-                    .map(|()| (ts.pk_of(&rec), WriteOp::Put(rec))),
-                Write::Delete(pk) => ts.check_pk(&pk).map(|()| (pk, WriteOp::Delete)),
-            }
-            .and_then(|(pk, op)| Ok((self.key(&ts, &pk)?, pk, op)));
-            match checked {
+            let item = checked(&ts, w).and_then(|(pk, op)| Ok((self.key(&ts, &pk)?, pk, op)));
+            match item {
                 Ok(item) => {
                     out.push(None);
                     items.push(item);

@@ -478,6 +478,18 @@ impl Shard {
         }
     }
 
+    pub fn mark_dirty(&mut self, key: &Arc<str>, now: Instant, c: &Counters) {
+        if let Some(e) = self.map.peek_mut(key) {
+            if e.dirty_since.is_none() {
+                e.dirty_since = Some(now);
+                self.due.push_back((now, key.clone()));
+            }
+        }
+        if self.dirty.insert(key.clone()) {
+            c.dirty.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn mark_clean(&mut self, key: &str, c: &Counters) {
         if let Some(e) = self.map.peek_mut(key) {
             e.dirty_since = None;

@@ -85,7 +85,7 @@ impl TableState {
     }
 
     pub fn name(&self) -> &str {
-        &self.def.name
+        &self.name
     }
 
     pub fn pk_of(&self, rec: &Record) -> Key {

@@ -9,7 +9,7 @@
 //! reaches the server before the calls made after it.
 
 use crate::auth;
-use crate::coordinator::{Backend, ClaimReply, Coordinator};
+use crate::coordinator::{Backend, ClaimReply, Coordinator, PipeReply, PipeRequest};
 use crate::error::{OwnershipError, Result};
 use crate::frame::{self, code, kind, next_frame, FrameError, FrameWriter, Reader};
 use crate::session::{lock, SessionLink};
@@ -509,6 +509,8 @@ enum Hello {
 /// What to do with the reply to a request in flight.
 enum Done {
     Caller(oneshot::Sender<Result<Reply>>),
+    /// A pipeline: its requests went out back to back, so their replies come so too.
+    Batch(Box<Batch>),
     /// A heartbeat sent at that instant: its OK renews the client-side lease.
     Heartbeat(Instant),
     /// A request nobody waits for (background release, WaitMsg).
@@ -517,6 +519,27 @@ enum Done {
     Reclaim(Vec<String>, Instant),
     /// A background release; resent on the next connection if this one breaks first.
     Release(Vec<Arc<str>>, Arc<Shared>),
+}
+
+struct Batch {
+    want: usize,
+    /// The id the next reply of the pipeline must carry.
+    next: u32,
+    got: Vec<Reply>,
+    tx: oneshot::Sender<Result<Vec<Reply>>>,
+}
+
+/// The id after `id` (0 is never used: pushes carry it).
+fn next_id_after(id: u32) -> u32 {
+    id.wrapping_add(1).max(1)
+}
+
+/// The id of the reply the front entry of the in-flight queue waits for.
+fn expected(entry: &(u32, Done)) -> u32 {
+    match &entry.1 {
+        Done::Batch(b) => b.next,
+        _ => entry.0,
+    }
 }
 
 struct Cmd {
@@ -539,7 +562,7 @@ struct Inflight {
 impl Inflight {
     /// Whether the oldest request in flight has waited longer than `limit`.
     fn stuck(&mut self, now: Instant, limit: Duration) -> bool {
-        let Some(&(id, _)) = self.q.front() else {
+        let Some(id) = self.q.front().map(expected) else {
             self.front = None;
             return false;
         };
@@ -615,40 +638,60 @@ async fn read_available(
         ));
     }
     let mut alive = true;
+    // Kept while a pipeline's replies are filed, one after another: one lock for them all.
+    let mut held = None;
     while let Some(f) = next_frame(inbuf, 0, max).map_err(proto)? {
         let mut whole = inbuf.split_to(f.end);
         whole.advance(frame::HEADER);
         let payload = whole.freeze();
         if f.id == 0 && f.kind >= kind::PUSH_MSG {
+            held = None;
             alive &= push(shared, f.kind, &payload)?;
             continue;
-        }
-        let (id, done) = {
-            let mut g = lock(inflight);
-            let Some(entry) = g.q.pop_front() else {
-                return Err(OwnershipError::Protocol(format!(
-                    "reply {} to no request",
-                    f.id
-                )));
-            };
-            if g.q.is_empty() {
-                idle.notify_one();
-            }
-            entry
-        };
-        if id != f.id {
-            return Err(OwnershipError::Protocol(format!(
-                "reply to request {} where {id} was next",
-                f.id
-            )));
         }
         let reply = Reply {
             kind: f.kind,
             payload,
         };
+        let (done, reply) = {
+            let g = held.get_or_insert_with(|| lock(inflight));
+            let Some(front) = g.q.front_mut() else {
+                return Err(OwnershipError::Protocol(format!(
+                    "reply {} to no request",
+                    f.id
+                )));
+            };
+            let id = expected(front);
+            if id != f.id {
+                return Err(OwnershipError::Protocol(format!(
+                    "reply to request {} where {id} was next",
+                    f.id
+                )));
+            }
+            // A pipeline stays at the front until its last reply is in.
+            if let Done::Batch(b) = &mut front.1 {
+                if b.got.len() + 1 < b.want {
+                    b.got.push(reply);
+                    b.next = next_id_after(b.next);
+                    continue;
+                }
+            }
+            let Some((_, done)) = g.q.pop_front() else {
+                continue;
+            };
+            if g.q.is_empty() {
+                idle.notify_one();
+            }
+            held = None;
+            (done, reply)
+        };
         match done {
             Done::Caller(tx) => {
                 let _ = tx.send(Ok(reply));
+            }
+            Done::Batch(mut b) => {
+                b.got.push(reply);
+                let _ = b.tx.send(Ok(b.got));
             }
             Done::Heartbeat(sent) => match reply.expect(kind::OK, shared.node.as_str()) {
                 Ok(_) => shared.link.renewed(sent),
@@ -695,23 +738,38 @@ fn push(shared: &Shared, k: u8, payload: &Bytes) -> Result<bool> {
     Ok(true)
 }
 
-/// Writes one command, registering it as in flight first so that its reply finds it.
+/// Writes one command, registering it as in flight first so that its reply finds it. Each
+/// frame of the command gets the next id: one for a call, one per request of a pipeline.
 fn stage(out: &mut BytesMut, next_id: &mut u32, inflight: &Mutex<Inflight>, cmd: Cmd) {
-    *next_id = next_id.wrapping_add(1).max(1);
+    let first = next_id_after(*next_id);
+    let mut done = cmd.done;
+    let frames = match &mut done {
+        Done::Batch(b) => {
+            b.next = first;
+            b.want
+        }
+        _ => 1,
+    };
     let mut g = lock(inflight);
     if g.dead {
-        fail_done(
-            cmd.done,
-            &OwnershipError::Unavailable("connection lost".into()),
-        );
+        fail_done(done, &OwnershipError::Unavailable("connection lost".into()));
         return;
     }
-    g.q.push_back((*next_id, cmd.done));
+    g.q.push_back((first, done));
     drop(g);
-    let start = out.len();
+    let mut at = out.len();
     out.extend_from_slice(&cmd.frame);
-    if cmd.frame.len() >= frame::HEADER {
-        out[start + 6..start + 10].copy_from_slice(&next_id.to_le_bytes());
+    *next_id = first;
+    for n in 0..frames {
+        if n > 0 {
+            *next_id = next_id_after(*next_id);
+        }
+        if out.len() < at + frame::HEADER {
+            break;
+        }
+        out[at + 6..at + 10].copy_from_slice(&next_id.to_le_bytes());
+        let len = u32::from_le_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
+        at += 4 + len as usize;
     }
 }
 
@@ -1008,6 +1066,9 @@ fn fail_done(d: Done, e: &OwnershipError) {
         Done::Caller(tx) => {
             let _ = tx.send(Err(e.clone()));
         }
+        Done::Batch(b) => {
+            let _ = b.tx.send(Err(e.clone()));
+        }
         Done::Release(keys, shared) => lock(&shared.unsent).extend(keys),
         Done::Heartbeat(_) | Done::Fire | Done::Reclaim(..) => {}
     }
@@ -1039,6 +1100,50 @@ impl NetBackend {
         rx.await.unwrap_or_else(|_| Err(self.unavailable()))
     }
 
+    /// Sends the frames of a pipeline (`n` of them, back to back) as one command.
+    async fn call_many(&self, frames: Bytes, n: usize) -> Result<Vec<Reply>> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = oneshot::channel();
+        let batch = Batch {
+            want: n,
+            next: 0,
+            got: Vec::with_capacity(n),
+            tx,
+        };
+        self.tx
+            .send(Cmd {
+                frame: frames,
+                done: Done::Batch(Box::new(batch)),
+            })
+            .map_err(|_| self.unavailable())?;
+        rx.await.unwrap_or_else(|_| Err(self.unavailable()))
+    }
+
+    /// The answer to one request of a pipeline.
+    fn answer(&self, req: &PipeRequest<'_>, reply: &Reply) -> Result<PipeReply> {
+        match req {
+            PipeRequest::Claim { key, .. } => match claim_one(reply, self.node()) {
+                Ok(c) => Ok(PipeReply::Claimed(c)),
+                Err(e) => {
+                    self.give_back(&[key]);
+                    Err(e)
+                }
+            },
+            PipeRequest::Release { .. } => reply
+                .expect(kind::OK, self.node())
+                .map(|_| PipeReply::Released),
+            PipeRequest::OwnerOf { .. } => owners(reply, self.node(), 1)?
+                .pop()
+                .map(PipeReply::Owner)
+                .ok_or_else(|| OwnershipError::Protocol("empty query reply".into())),
+            PipeRequest::Send { .. } => {
+                reply.expect(kind::OK, self.node()).map(|_| PipeReply::Sent)
+            }
+        }
+    }
+
     /// Releases in the background ports a failed claim may have been granted.
     fn give_back(&self, keys: &[&str]) {
         let keys: Vec<Arc<str>> = keys.iter().map(|k| Arc::from(*k)).collect();
@@ -1048,15 +1153,7 @@ impl NetBackend {
     fn keys_frame(k: u8, flags: Option<u8>, keys: &[impl AsRef<str>]) -> Bytes {
         let size = frame::HEADER + 5 + keys.iter().map(|k| k.as_ref().len() + 2).sum::<usize>();
         let mut b = BytesMut::with_capacity(size);
-        let mut w = FrameWriter::begin(&mut b, k, 0);
-        if let Some(f) = flags {
-            w.u8(f);
-        }
-        w.u32(keys.len() as u32);
-        for key in keys {
-            w.str(key.as_ref());
-        }
-        w.finish();
+        put_keys(&mut b, k, flags, keys);
         b.freeze()
     }
 
@@ -1067,6 +1164,82 @@ impl NetBackend {
 
 #[async_trait]
 impl Backend for NetBackend {
+    async fn pipeline(&self, reqs: &[PipeRequest<'_>]) -> Result<Vec<Result<PipeReply>>> {
+        let deadline = Instant::now() + self.shared.opts.request_timeout;
+        let mut out: Vec<Option<Result<PipeReply>>> = reqs.iter().map(|_| None).collect();
+        let mut todo: Vec<usize> = (0..reqs.len()).collect();
+        while !todo.is_empty() {
+            let mut b = BytesMut::with_capacity(todo.len() * (frame::HEADER + 40));
+            for &i in &todo {
+                match &reqs[i] {
+                    PipeRequest::Claim { key, notify } => {
+                        put_keys(&mut b, kind::REG_PORT, Some(*notify as u8), &[key])
+                    }
+                    PipeRequest::Release { key } => {
+                        put_keys(&mut b, kind::UNREG_PORT, None, &[key])
+                    }
+                    PipeRequest::OwnerOf { key } => {
+                        put_keys(&mut b, kind::QUERY_PORT, None, &[key])
+                    }
+                    PipeRequest::Send { key, payload } => put_send(&mut b, key, payload),
+                }
+            }
+            let replies = match self.call_many(b.freeze(), todo.len()).await {
+                Ok(r) if r.len() == todo.len() => r,
+                other => {
+                    // Claims may have been granted with their replies lost: give them back.
+                    let claimed: Vec<&str> = todo
+                        .iter()
+                        .filter_map(|&i| match reqs[i] {
+                            PipeRequest::Claim { key, .. } => Some(key),
+                            _ => None,
+                        })
+                        .collect();
+                    self.give_back(&claimed);
+                    return Err(match other {
+                        Err(e) => e,
+                        Ok(_) => OwnershipError::Protocol("pipeline replies missing".into()),
+                    });
+                }
+            };
+            // Claims that met a restarted server's re-registration window go again after it,
+            // within the call's time budget, as a lone claim does.
+            if todo.len() == reqs.len() && replies.iter().all(|r| r.retry_after().is_none()) {
+                return Ok(reqs
+                    .iter()
+                    .zip(&replies)
+                    .map(|(q, r)| self.answer(q, r))
+                    .collect());
+            }
+            let mut again = Vec::new();
+            let mut wait = Duration::ZERO;
+            for (&i, reply) in todo.iter().zip(&replies) {
+                if let (PipeRequest::Claim { .. }, Some(w)) = (&reqs[i], reply.retry_after()) {
+                    again.push(i);
+                    wait = wait.max(w);
+                    continue;
+                }
+                out[i] = Some(self.answer(&reqs[i], reply));
+            }
+            if !again.is_empty() {
+                if Instant::now() + wait > deadline {
+                    for i in again.drain(..) {
+                        out[i] = Some(Err(OwnershipError::Unavailable(
+                            "server is in its re-registration window after a restart".into(),
+                        )));
+                    }
+                } else {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            todo = again;
+        }
+        Ok(out
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(OwnershipError::Protocol("no answer".into()))))
+            .collect())
+    }
+
     async fn claim(&self, keys: &[&str], notify: bool) -> Result<Vec<ClaimReply>> {
         let frame = Self::keys_frame(kind::REG_PORT, Some(notify as u8), keys);
         let deadline = Instant::now() + self.shared.opts.request_timeout;
@@ -1094,29 +1267,7 @@ impl Backend for NetBackend {
                 None => break reply,
             }
         };
-        let mut r = reply.expect(kind::CLAIMS, self.node())?;
-        let n = r.count(1, "claims").map_err(proto)?;
-        if n != keys.len() {
-            return Err(OwnershipError::Protocol(format!(
-                "claim of {} keys answered with {n} replies",
-                keys.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            match r.u8("claim tag").map_err(proto)? {
-                0 => out.push(Ok(r.i64("token").map_err(proto)?)),
-                1 => out.push(Err(r.owner().map_err(proto)?)),
-                _ => {
-                    self.give_back(keys);
-                    return Err(OwnershipError::Unavailable(
-                        "server ran out of tokens for its epoch; it must restart".into(),
-                    ));
-                }
-            }
-        }
-        r.end().map_err(proto)?;
-        Ok(out)
+        claims(&reply, self.node(), keys.len()).inspect_err(|_| self.give_back(keys))
     }
 
     async fn release(&self, keys: &[&str]) -> Result<()> {
@@ -1146,23 +1297,7 @@ impl Backend for NetBackend {
         let reply = self
             .call(Self::keys_frame(kind::QUERY_PORT, None, keys))
             .await?;
-        let mut r = reply.expect(kind::OWNERS, self.node())?;
-        let n = r.count(1, "owners").map_err(proto)?;
-        if n != keys.len() {
-            return Err(OwnershipError::Protocol(format!(
-                "query of {} keys answered with {n} replies",
-                keys.len()
-            )));
-        }
-        let mut out = Vec::with_capacity(n);
-        for _ in 0..n {
-            match r.u8("owner tag").map_err(proto)? {
-                0 => out.push(None),
-                _ => out.push(Some(r.owner().map_err(proto)?)),
-            }
-        }
-        r.end().map_err(proto)?;
-        Ok(out)
+        owners(&reply, self.node(), keys.len())
     }
 
     async fn query_node(&self, node: &NodeId) -> Result<Option<NodeInfo>> {
@@ -1187,9 +1322,7 @@ impl Backend for NetBackend {
 
     async fn send(&self, key: &str, payload: Bytes) -> Result<()> {
         let mut b = BytesMut::with_capacity(frame::HEADER + 6 + key.len() + payload.len());
-        let mut w = FrameWriter::begin(&mut b, kind::SEND_MSG, 0);
-        w.str(key).blob(&payload);
-        w.finish();
+        put_send(&mut b, key, &payload);
         let reply = self.call(b.freeze()).await?;
         reply.expect(kind::OK, self.node()).map(|_| ())
     }
@@ -1207,4 +1340,85 @@ impl Backend for NetBackend {
         let reply = self.call(simple_frame(kind::CLOSE)).await?;
         reply.expect(kind::OK, self.node()).map(|_| ())
     }
+}
+
+/// Appends a request frame (id 0, set when written) carrying a list of keys.
+fn put_keys(b: &mut BytesMut, k: u8, flags: Option<u8>, keys: &[impl AsRef<str>]) {
+    let mut w = FrameWriter::begin(b, k, 0);
+    if let Some(f) = flags {
+        w.u8(f);
+    }
+    w.u32(keys.len() as u32);
+    for key in keys {
+        w.str(key.as_ref());
+    }
+    w.finish();
+}
+
+/// Appends a SendMsg frame.
+fn put_send(b: &mut BytesMut, key: &str, payload: &[u8]) {
+    let mut w = FrameWriter::begin(b, kind::SEND_MSG, 0);
+    w.str(key).blob(payload);
+    w.finish();
+}
+
+/// The answers of a RegPort reply for `n` keys.
+fn claims(reply: &Reply, node: &str, n: usize) -> Result<Vec<ClaimReply>> {
+    let mut r = reply.expect(kind::CLAIMS, node)?;
+    let got = r.count(1, "claims").map_err(proto)?;
+    if got != n {
+        return Err(OwnershipError::Protocol(format!(
+            "claim of {n} keys answered with {got} replies"
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(claim_entry(&mut r)?);
+    }
+    r.end().map_err(proto)?;
+    Ok(out)
+}
+
+/// The answer of a RegPort reply for one key.
+fn claim_one(reply: &Reply, node: &str) -> Result<ClaimReply> {
+    let mut r = reply.expect(kind::CLAIMS, node)?;
+    let got = r.count(1, "claims").map_err(proto)?;
+    if got != 1 {
+        return Err(OwnershipError::Protocol(format!(
+            "claim of 1 key answered with {got} replies"
+        )));
+    }
+    let c = claim_entry(&mut r)?;
+    r.end().map_err(proto)?;
+    Ok(c)
+}
+
+fn claim_entry(r: &mut Reader<'_>) -> Result<ClaimReply> {
+    match r.u8("claim tag").map_err(proto)? {
+        0 => Ok(Ok(r.i64("token").map_err(proto)?)),
+        1 => Ok(Err(r.owner().map_err(proto)?)),
+        _ => Err(OwnershipError::Unavailable(
+            "server ran out of tokens for its epoch; it must restart".into(),
+        )),
+    }
+}
+
+/// The answers of a QueryPort reply for `n` keys.
+fn owners(reply: &Reply, node: &str, n: usize) -> Result<Vec<Option<Owner>>> {
+    let mut r = reply.expect(kind::OWNERS, node)?;
+    let got = r.count(1, "owners").map_err(proto)?;
+    if got != n {
+        return Err(OwnershipError::Protocol(format!(
+            "query of {n} keys answered with {got} replies"
+        )));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        match r.u8("owner tag").map_err(proto)? {
+            0 => out.push(None),
+            _ => out.push(Some(r.owner().map_err(proto)?)),
+        }
+    }
+    r.end().map_err(proto)?;
+    Ok(out)
 }

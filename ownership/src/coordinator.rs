@@ -3,6 +3,7 @@
 //! and the network client of the port switch service.
 
 use crate::error::{OwnershipError, Result};
+use crate::pipeline::Pipeline;
 use crate::session::{GuardState, SessionLink};
 use crate::types::{
     validate_key, Endpoints, Event, Mode, NodeId, NodeInfo, Owner, SessionConfig, Token,
@@ -16,6 +17,28 @@ use tokio::sync::mpsc;
 
 /// Per-key answer of a backend's claim: the fresh token, or who holds the key.
 pub type ClaimReply = std::result::Result<Token, Owner>;
+
+/// One request of a pipeline ([`Backend::pipeline`]): a single key each.
+#[derive(Clone, Debug)]
+pub enum PipeRequest<'a> {
+    /// RegPort of one key.
+    Claim { key: &'a str, notify: bool },
+    /// UnRegPort of one key.
+    Release { key: &'a str },
+    /// QueryPort of one key.
+    OwnerOf { key: &'a str },
+    /// SendMsg.
+    Send { key: &'a str, payload: Bytes },
+}
+
+/// The answer to one [`PipeRequest`], of the same variant.
+#[derive(Debug)]
+pub enum PipeReply {
+    Claimed(ClaimReply),
+    Released,
+    Owner(Option<Owner>),
+    Sent,
+}
 
 /// What a transport provides. Implementations report pushed events, renewals and losses through
 /// the [`SessionLink`] they were built with.
@@ -39,6 +62,39 @@ pub trait Backend: Send + Sync + 'static {
     async fn relet(&self) -> Result<()>;
     /// Ends the session: the server releases its ports at once.
     async fn close(&self) -> Result<()>;
+
+    /// Many single-key requests, answered in order, each on its own. `Err` as a whole only when
+    /// the transport failed (claims that may have been granted are then given back). A network
+    /// backend writes them together; this default makes them one after another.
+    async fn pipeline(&self, reqs: &[PipeRequest<'_>]) -> Result<Vec<Result<PipeReply>>> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            out.push(match r {
+                PipeRequest::Claim { key, notify } => self
+                    .claim(&[key], *notify)
+                    .await
+                    .and_then(|mut v| v.pop().ok_or_else(|| missing("claim")))
+                    .map(PipeReply::Claimed),
+                PipeRequest::Release { key } => {
+                    self.release(&[key]).await.map(|()| PipeReply::Released)
+                }
+                PipeRequest::OwnerOf { key } => self
+                    .owner_of(&[key])
+                    .await
+                    .and_then(|mut v| v.pop().ok_or_else(|| missing("query")))
+                    .map(PipeReply::Owner),
+                PipeRequest::Send { key, payload } => self
+                    .send(key, payload.clone())
+                    .await
+                    .map(|()| PipeReply::Sent),
+            });
+        }
+        Ok(out)
+    }
+}
+
+fn missing(what: &str) -> OwnershipError {
+    OwnershipError::Protocol(format!("{what} of one key answered with no reply"))
 }
 
 /// The answer for one key of [`Coordinator::claim`].
@@ -59,18 +115,18 @@ impl Claim {
     }
 }
 
-struct Core {
-    node: NodeId,
-    endpoints: Endpoints,
+pub(crate) struct Core {
+    pub(crate) node: NodeId,
+    pub(crate) endpoints: Endpoints,
     config: SessionConfig,
-    link: Arc<SessionLink>,
-    backend: Arc<dyn Backend>,
+    pub(crate) link: Arc<SessionLink>,
+    pub(crate) backend: Arc<dyn Backend>,
 }
 
 /// A node's session with the ownership service. Cheap to clone; every clone is the same session.
 #[derive(Clone)]
 pub struct Coordinator {
-    core: Arc<Core>,
+    pub(crate) core: Arc<Core>,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -130,8 +186,13 @@ impl Coordinator {
         self.core.link.loss_epoch()
     }
 
+    /// Requests to send together: see [`Pipeline`].
+    pub fn pipeline(&self) -> Pipeline {
+        Pipeline::new(self.clone())
+    }
+
     /// The owner record this node would show for a key it holds.
-    fn me(&self, token: Token) -> Owner {
+    pub(crate) fn me(&self, token: Token) -> Owner {
         Owner {
             node: self.core.node.clone(),
             endpoints: self.core.endpoints.clone(),
@@ -320,8 +381,8 @@ impl Coordinator {
 
 /// Proof that this node owns a key. Dropping it releases the key in the background.
 pub struct Guard {
-    state: Arc<GuardState>,
-    core: Arc<Core>,
+    pub(crate) state: Arc<GuardState>,
+    pub(crate) core: Arc<Core>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -366,12 +427,18 @@ impl Guard {
         }
     }
 
-    /// Releases the key and waits for the service to confirm.
-    pub async fn release(self) -> Result<()> {
+    /// Marks the guard released here. False when its slot already went to a newer claim (or
+    /// none): then the service has nothing of this guard's to release.
+    pub(crate) fn retire(&self) -> bool {
         self.state.released.store(true, Ordering::Release);
         let ours = self.core.link.uninstall(&self.state);
         self.core.link.lose(&self.state);
-        if ours {
+        ours
+    }
+
+    /// Releases the key and waits for the service to confirm.
+    pub async fn release(self) -> Result<()> {
+        if self.retire() {
             self.core.backend.release(&[&*self.state.key]).await
         } else {
             Ok(())

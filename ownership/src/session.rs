@@ -7,7 +7,7 @@
 use crate::types::{Event, NodeId, SessionConfig, Token};
 use std::collections::HashMap;
 use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, Notify};
 
@@ -67,7 +67,68 @@ impl GuardState {
 
 type Map<K, V> = hashbrown::HashMap<K, V>;
 
+fn reserve_in(slots: &mut Map<Arc<str>, Slot>, key: &str) -> Result<(), Token> {
+    match slots.get_mut(key) {
+        Some(Slot::Claiming) => Err(0),
+        Some(slot @ Slot::Held(_)) => {
+            if let Slot::Held(w) = slot {
+                if let Some(g) = w.upgrade().filter(|g| !g.is_lost()) {
+                    return Err(g.token.load(Ordering::Acquire));
+                }
+            }
+            *slot = Slot::Claiming;
+            Ok(())
+        }
+        None => {
+            slots.insert(Arc::from(key), Slot::Claiming);
+            Ok(())
+        }
+    }
+}
+
 /// Drops this node's reservation of `key`, if it is still one (not a guard since).
+/// A granted key's slot becomes a live guard's (sharing the slot's key); a refused key's
+/// reservation goes.
+fn settle_in<E>(
+    slots: &mut Map<Arc<str>, Slot>,
+    key: &str,
+    reply: Result<Token, E>,
+) -> Result<Arc<GuardState>, E> {
+    match reply {
+        Ok(token) => Ok(match slots.get_key_value_mut(key) {
+            Some((k, slot)) => {
+                let state = Arc::new(GuardState::new(k.clone(), token));
+                *slot = Slot::Held(Arc::downgrade(&state));
+                state
+            }
+            None => {
+                let k: Arc<str> = Arc::from(key);
+                let state = Arc::new(GuardState::new(k.clone(), token));
+                slots.insert(k, Slot::Held(Arc::downgrade(&state)));
+                state
+            }
+        }),
+        Err(e) => {
+            unclaim(slots, key);
+            Err(e)
+        }
+    }
+}
+
+/// A session's slots, locked.
+pub(crate) struct Slots<'a>(MutexGuard<'a, Map<Arc<str>, Slot>>);
+
+impl Slots<'_> {
+    /// Settles one reserved key with the service's answer, as [`SessionLink::settle`] does.
+    pub(crate) fn settle<E>(
+        &mut self,
+        key: &str,
+        reply: Result<Token, E>,
+    ) -> Result<Arc<GuardState>, E> {
+        settle_in(&mut self.0, key, reply)
+    }
+}
+
 fn unclaim(slots: &mut Map<Arc<str>, Slot>, key: &str) {
     if matches!(slots.get(key), Some(Slot::Claiming)) {
         slots.remove(key);
@@ -270,23 +331,13 @@ impl SessionLink {
     pub(crate) fn reserve(&self, keys: &[&str]) -> Vec<Result<(), Token>> {
         let mut slots = lock(&self.slots);
         keys.iter()
-            .map(|&key| match slots.get_mut(key) {
-                Some(Slot::Claiming) => Err(0),
-                Some(slot @ Slot::Held(_)) => {
-                    if let Slot::Held(w) = slot {
-                        if let Some(g) = w.upgrade().filter(|g| !g.is_lost()) {
-                            return Err(g.token.load(Ordering::Acquire));
-                        }
-                    }
-                    *slot = Slot::Claiming;
-                    Ok(())
-                }
-                None => {
-                    slots.insert(Arc::from(key), Slot::Claiming);
-                    Ok(())
-                }
-            })
+            .map(|&key| reserve_in(&mut slots, key))
             .collect()
+    }
+
+    /// [`reserve`](Self::reserve) for one key.
+    pub(crate) fn reserve_one(&self, key: &str) -> Result<(), Token> {
+        reserve_in(&mut lock(&self.slots), key)
     }
 
     /// Drops the reservations of a claim that failed as a whole.
@@ -309,38 +360,27 @@ impl SessionLink {
         let mut slots = lock(&self.slots);
         keys.iter()
             .zip(replies)
-            .map(|(&key, reply)| {
-                wrap(match reply {
-                    Ok(token) => Ok(match slots.get_key_value_mut(key) {
-                        Some((k, slot)) => {
-                            let state = Arc::new(GuardState::new(k.clone(), token));
-                            *slot = Slot::Held(Arc::downgrade(&state));
-                            state
-                        }
-                        None => {
-                            let k: Arc<str> = Arc::from(key);
-                            let state = Arc::new(GuardState::new(k.clone(), token));
-                            slots.insert(k, Slot::Held(Arc::downgrade(&state)));
-                            state
-                        }
-                    }),
-                    Err(e) => {
-                        unclaim(&mut slots, key);
-                        Err(e)
-                    }
-                })
-            })
+            .map(|(&key, reply)| wrap(settle_in(&mut slots, key, reply)))
             .collect()
+    }
+
+    /// The slots under one lock, to settle claims one at a time (see [`Slots::settle`]).
+    pub(crate) fn slots(&self) -> Slots<'_> {
+        Slots(lock(&self.slots))
     }
 
     /// Removes the slot of a guard that is being released, if it still is that guard's.
     pub(crate) fn uninstall(&self, state: &Arc<GuardState>) -> bool {
         let mut slots = lock(&self.slots);
-        let ours = matches!(slots.get(&*state.key), Some(Slot::Held(w)) if w.as_ptr() == Arc::as_ptr(state));
-        if ours {
-            slots.remove(&*state.key);
+        // One lookup in the usual case, where the slot is this guard's.
+        match slots.remove_entry(&*state.key) {
+            Some((_, Slot::Held(w))) if w.as_ptr() == Arc::as_ptr(state) => true,
+            Some((k, other)) => {
+                slots.insert(k, other);
+                false
+            }
+            None => false,
         }
-        ours
     }
 
     /// Runs until the session closes: whenever the client-side lease end passes without a

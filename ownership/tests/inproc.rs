@@ -4,7 +4,7 @@ mod common;
 
 use common::session_with;
 use keyward_ownership::{
-    Claim, Coordinator, Event, Guard, InProcessHub, Mode, NodeId, OwnershipError,
+    Answer, Claim, Coordinator, Event, Guard, InProcessHub, Mode, NodeId, OwnershipError,
 };
 use std::time::Duration;
 
@@ -341,4 +341,37 @@ async fn loss_epoch_moves_whenever_a_guard_stops_being_valid() {
     a.close().await.unwrap();
     assert!(a.loss_epoch() > e2);
     assert!(!g3.is_valid());
+}
+
+#[tokio::test]
+async fn a_pipeline_runs_its_calls_in_order_on_the_hub() {
+    let hub = InProcessHub::new();
+    let a = node(&hub, "a").await;
+    let b = node(&hub, "b").await;
+    let held = grant(&b, "p/b").await.unwrap();
+    let mut p = a.pipeline();
+    p.claim("p/1")
+        .claim("p/b")
+        .send("p/none", b"x".to_vec())
+        .owner_of("p/1");
+    let mut ans = p.run().await.unwrap().into_iter();
+    let g = ans.next().unwrap().unwrap().into_claim().unwrap().granted();
+    let g = g.expect("p/1 granted");
+    match ans.next().unwrap().unwrap().into_claim().unwrap() {
+        Claim::OwnedBy(o) => assert_eq!((o.node.as_str(), o.token), ("b", held.token())),
+        Claim::Granted(_) => panic!("two owners for one key"),
+    }
+    assert!(matches!(
+        ans.next().unwrap(),
+        Err(OwnershipError::NoOwner { .. })
+    ));
+    let o = ans.next().unwrap().unwrap().into_owner().unwrap().unwrap();
+    assert_eq!((o.node.as_str(), o.token), ("a", g.token()));
+    let mut p = a.pipeline();
+    p.release(g);
+    assert!(matches!(
+        p.run().await.unwrap().pop().unwrap(),
+        Ok(Answer::Released)
+    ));
+    assert!(b.owner_of(&["p/1"]).await.unwrap()[0].is_none());
 }

@@ -5,8 +5,8 @@ mod common;
 use common::session_with;
 use keyward_ownership::frame::{kind, FrameWriter, Reader};
 use keyward_ownership::{
-    connect, server_stats, Claim, ClientOptions, Coordinator, Endpoints, Event, Mode, NodeId,
-    OwnershipError, Server, ServerConfig,
+    connect, server_stats, Answer, Claim, ClientOptions, Coordinator, Endpoints, Event, Mode,
+    NodeId, OwnershipError, Server, ServerConfig,
 };
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -877,6 +877,26 @@ async fn a_persistent_client_reconnects_and_resumes_its_session() {
 
 /// A relay that passes the client's bytes on but, while `mute` is set, swallows the server's:
 /// a server that stopped answering without closing its connections.
+/// Node "a" (persistent, 400 ms request timeout) through a relay that drops the server's
+/// replies while the flag is set.
+async fn muted_node(
+    s: &TestServer,
+) -> (Coordinator, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let (addr, mute) = muting_relay(s.addr.clone()).await;
+    let options = ClientOptions {
+        request_timeout: Duration::from_millis(400),
+        ..ClientOptions::with_secret(SECRET)
+    };
+    let a = connect(
+        &[addr],
+        session_with("a", Mode::Persistent, 10_000),
+        options,
+    )
+    .await
+    .unwrap();
+    (a, mute)
+}
+
 async fn muting_relay(to: String) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use std::sync::atomic::{AtomicBool, Ordering};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -918,18 +938,7 @@ async fn a_server_that_stops_answering_fails_calls_after_the_request_timeout() {
     use std::sync::atomic::Ordering;
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start(dir.path(), 1_000_000).await;
-    let (addr, mute) = muting_relay(s.addr.clone()).await;
-    let options = ClientOptions {
-        request_timeout: Duration::from_millis(400),
-        ..ClientOptions::with_secret(SECRET)
-    };
-    let a = connect(
-        &[addr],
-        session_with("a", Mode::Persistent, 10_000),
-        options,
-    )
-    .await
-    .unwrap();
+    let (a, mute) = muted_node(&s).await;
     let g = granted(a.claim(&["x/1"]).await.unwrap().pop().unwrap());
     mute.store(true, Ordering::SeqCst);
     let started = Instant::now();
@@ -949,5 +958,224 @@ async fn a_server_that_stops_answering_fails_calls_after_the_request_timeout() {
         .unwrap();
     assert_eq!(owners[0].as_ref().unwrap().node, NodeId::from("a"));
     assert!(g.is_valid());
+    s.stop().await;
+}
+
+fn answer(a: Option<Result<Answer, OwnershipError>>) -> Answer {
+    a.expect("an answer per call").expect("call succeeded")
+}
+
+/// Every kind of call in one pipeline, answered in call order, each on its own.
+async fn pipelines(mode: Mode) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), 1_000_000).await;
+    let a = node(&s, "a", mode, 5_000).await;
+    let b = node(&s, "b", Mode::Persistent, 5_000).await;
+    let held = granted(b.claim(&["p/b"]).await.unwrap().pop().unwrap());
+    let mut inbox = b.messages("p/");
+    assert!(a.pipeline().run().await.unwrap().is_empty());
+
+    let mut p = a.pipeline();
+    p.claim("p/1")
+        .claim("p/1")
+        .claim("no-domain")
+        .claim("p/b")
+        .owner_of("p/b")
+        .send("p/b", b"hi".to_vec())
+        .send("p/none", b"x".to_vec())
+        .owner_of("p/1");
+    assert_eq!(p.len(), 8);
+    let mut ans = p.run().await.unwrap().into_iter();
+    let g1 = granted(answer(ans.next()).into_claim().unwrap());
+    assert!(g1.is_valid() && g1.token() > 0);
+    match answer(ans.next()).into_claim().unwrap() {
+        Claim::OwnedBy(o) => assert_eq!(o.node, NodeId::from("a")),
+        Claim::Granted(_) => panic!("two guards for one key in one node"),
+    }
+    assert!(matches!(
+        ans.next().unwrap(),
+        Err(OwnershipError::InvalidKey { .. })
+    ));
+    match answer(ans.next()).into_claim().unwrap() {
+        Claim::OwnedBy(o) => {
+            assert_eq!(o.node, NodeId::from("b"));
+            assert_eq!(o.token, held.token());
+        }
+        Claim::Granted(_) => panic!("two owners for one key"),
+    }
+    let o = answer(ans.next()).into_owner().unwrap().unwrap();
+    assert_eq!((o.node.as_str(), o.token), ("b", held.token()));
+    assert!(matches!(answer(ans.next()), Answer::Sent));
+    match ans.next().unwrap() {
+        Err(OwnershipError::NoOwner { key }) => assert_eq!(key, "p/none"),
+        other => panic!("expected NoOwner, got {other:?}"),
+    }
+    let o = answer(ans.next()).into_owner().unwrap().unwrap();
+    assert_eq!((o.node.as_str(), o.token), ("a", g1.token()));
+    assert!(ans.next().is_none());
+    match tokio::time::timeout(Duration::from_secs(5), inbox.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Event::Message { key, from, payload } => {
+            assert_eq!((key.as_str(), from.as_str()), ("p/b", "a"));
+            assert_eq!(payload.as_ref(), b"hi");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // A release, then a claim of the same key: the claim is asked again, as one by one.
+    let t1 = g1.token();
+    let mut p = a.pipeline();
+    p.release(g1).claim("p/1");
+    let mut ans = p.run().await.unwrap().into_iter();
+    assert!(matches!(answer(ans.next()), Answer::Released));
+    let g2 = granted(answer(ans.next()).into_claim().unwrap());
+    assert!(g2.token() > t1, "a new grant has a larger token");
+
+    // 1,000 claims, then their 1,000 releases, one port per request.
+    let keys: Vec<String> = (0..1000).map(|i| format!("p/k/{i:08}")).collect();
+    let mut p = a.pipeline();
+    for k in &keys {
+        p.claim(k.as_str());
+    }
+    let guards: Vec<_> = p
+        .run()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| granted(r.unwrap().into_claim().unwrap()))
+        .collect();
+    assert_eq!(
+        b.query_node(&NodeId::from("a"))
+            .await
+            .unwrap()
+            .unwrap()
+            .ports,
+        1001
+    );
+    let mut p = a.pipeline();
+    for g in guards {
+        p.release(g);
+    }
+    let released = p.run().await.unwrap();
+    assert_eq!(released.len(), 1000);
+    assert!(released.iter().all(|r| matches!(r, Ok(Answer::Released))));
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    assert!(b.owner_of(&refs).await.unwrap().iter().all(Option::is_none));
+    drop(g2);
+    drop(held);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn pipelines_in_persistent_mode() {
+    pipelines(Mode::Persistent).await;
+}
+
+#[tokio::test]
+async fn pipelines_in_lease_mode() {
+    pipelines(Mode::Lease).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_pipelines_and_single_claims_grant_each_key_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), 1_000_000).await;
+    let a = node(&s, "a", Mode::Persistent, 5_000).await;
+    let b = node(&s, "b", Mode::Persistent, 5_000).await;
+    // On each node, pipelines and one-at-a-time claims of the same 200 keys share the
+    // connection: replies of both must reach the right callers.
+    let mut tasks = Vec::new();
+    for t in 0..32usize {
+        let who = if t % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let keys: Vec<String> = (0..200)
+                .map(|i| format!("cache/db/t/{:08}", (i + t * 13) % 200))
+                .collect();
+            let mut won = Vec::new();
+            if t % 4 < 2 {
+                for chunk in keys.chunks(50) {
+                    let mut p = who.pipeline();
+                    for k in chunk {
+                        p.claim(k.as_str());
+                    }
+                    for r in p.run().await.unwrap() {
+                        if let Claim::Granted(g) = r.unwrap().into_claim().unwrap() {
+                            won.push(g);
+                        }
+                    }
+                }
+            } else {
+                for k in &keys {
+                    if let Claim::Granted(g) =
+                        who.claim(&[k.as_str()]).await.unwrap().pop().unwrap()
+                    {
+                        won.push(g);
+                    }
+                }
+            }
+            won
+        }));
+    }
+    let mut winners: Vec<(String, &str)> = Vec::new();
+    let mut guards = Vec::new();
+    for (t, task) in tasks.into_iter().enumerate() {
+        for g in task.await.unwrap() {
+            winners.push((g.key().to_owned(), if t % 2 == 0 { "a" } else { "b" }));
+            guards.push(g);
+        }
+    }
+    winners.sort();
+    let mut unique: Vec<&str> = winners.iter().map(|(k, _)| k.as_str()).collect();
+    unique.dedup();
+    assert_eq!(winners.len(), unique.len(), "a key was granted twice");
+    assert_eq!(unique.len(), 200);
+    let owners = a.owner_of(&unique).await.unwrap();
+    for ((_, who), o) in winners.iter().zip(owners) {
+        assert_eq!(o.unwrap().node.as_str(), *who);
+    }
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_pipeline_to_a_silent_server_fails_whole_and_holds_no_claim() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start(dir.path(), 1_000_000).await;
+    let (a, mute) = muted_node(&s).await;
+    let g = granted(a.claim(&["x/0"]).await.unwrap().pop().unwrap());
+    mute.store(true, Ordering::SeqCst);
+    let mut p = a.pipeline();
+    p.claim("x/1").claim("x/2").release(g);
+    let r = tokio::time::timeout(Duration::from_secs(5), p.run())
+        .await
+        .expect("a pipeline to a silent server must fail, not hang");
+    assert!(
+        matches!(r, Err(OwnershipError::Timeout { .. })),
+        "expected a timeout, got {r:?}"
+    );
+    // Once the server answers again, what the failed pipeline may have done is undone: the
+    // claims are given back and the release is sent again.
+    mute.store(false, Ordering::SeqCst);
+    let b = node(&s, "b", Mode::Persistent, 5_000).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let owners = b.owner_of(&["x/0", "x/1", "x/2"]).await.unwrap();
+        if owners.iter().all(Option::is_none) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still owned: {owners:?}");
+        // The client's next call carries what it queued for the new connection.
+        let _ = a.owner_of(&["x/0"]).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // And the keys can be claimed again by a.
+    let mut p = a.pipeline();
+    p.claim("x/1").claim("x/2");
+    for r in p.run().await.unwrap() {
+        granted(r.unwrap().into_claim().unwrap());
+    }
     s.stop().await;
 }

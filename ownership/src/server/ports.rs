@@ -102,17 +102,32 @@ impl Ports {
         self.hasher.hash_one(key)
     }
 
-    fn find(&self, key: &str) -> Option<u32> {
+    /// The hash of `key` in the index: computed once, it serves a lookup and the insertion
+    /// that follows when the port is free (the table must not change in between).
+    pub(crate) fn hash_key(&self, key: &str) -> u64 {
+        self.hash(key.as_bytes())
+    }
+
+    fn find_hashed(&self, h: u64, key: &str) -> Option<u32> {
         let kb = key.as_bytes();
         let chunks = &self.chunks;
         self.index
-            .find(self.hash(kb), |&i| slot_ref(chunks, i).key.bytes() == kb)
+            .find(h, |&i| slot_ref(chunks, i).key.bytes() == kb)
             .copied()
+    }
+
+    fn find(&self, key: &str) -> Option<u32> {
+        self.find_hashed(self.hash_key(key), key)
     }
 
     /// The port's owner and token, if registered.
     pub(crate) fn get(&self, key: &str) -> Option<PortRef> {
-        self.find(key).map(|i| {
+        self.get_hashed(self.hash_key(key), key)
+    }
+
+    /// [`get`](Self::get) with the key's [`hash_key`](Self::hash_key).
+    pub(crate) fn get_hashed(&self, h: u64, key: &str) -> Option<PortRef> {
+        self.find_hashed(h, key).map(|i| {
             let s = slot_ref(&self.chunks, i);
             PortRef {
                 owner: s.owner,
@@ -137,7 +152,20 @@ impl Ports {
     }
 
     /// Registers a port that is not in the table, at the head of its owner's list.
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, key: &str, owner: u32, token: Token, head: &mut u32) {
+        self.insert_hashed(self.hash_key(key), key, owner, token, head)
+    }
+
+    /// [`insert`](Self::insert) with the key's [`hash_key`](Self::hash_key).
+    pub(crate) fn insert_hashed(
+        &mut self,
+        h: u64,
+        key: &str,
+        owner: u32,
+        token: Token,
+        head: &mut u32,
+    ) {
         let slot = Slot {
             key: Key::new(key),
             token,
@@ -165,7 +193,6 @@ impl Ports {
             slot_mut(&mut self.chunks, *head).prev = i;
         }
         *head = i;
-        let h = self.hash(key.as_bytes());
         let (chunks, hasher) = (&self.chunks, &self.hasher);
         self.index
             .insert_unique(h, i, |&j| hasher.hash_one(slot_ref(chunks, j).key.bytes()));
@@ -180,11 +207,20 @@ impl Ports {
         owner: u32,
         head: &mut u32,
     ) -> Option<Vec<u64>> {
-        let i = self.find(key)?;
-        if slot_ref(&self.chunks, i).owner != owner {
+        // One hash and one probe: the index entry found is the one removed.
+        let kb = key.as_bytes();
+        let h = self.hash(kb);
+        let chunks = &self.chunks;
+        let e = self
+            .index
+            .find_entry(h, |&j| slot_ref(chunks, j).key.bytes() == kb)
+            .ok()?;
+        let i = *e.get();
+        if slot_ref(chunks, i).owner != owner {
             return None;
         }
-        Some(self.remove_slot(i, head))
+        e.remove();
+        Some(self.free_slot(i, head))
     }
 
     /// Frees every port of the list starting at `head`, calling `released(key, watchers)` for
@@ -201,11 +237,20 @@ impl Ports {
         }
     }
 
-    /// The key of a watched port that is about to be freed, for its release notices.
+    /// Removes slot `i` from the index and frees it. Returns the sessions watching it.
     fn remove_slot(&mut self, i: u32, head: &mut u32) -> Vec<u64> {
-        let (prev, next, h, watched) = {
+        let h = self.hash(slot_ref(&self.chunks, i).key.bytes());
+        if let Ok(e) = self.index.find_entry(h, |&j| j == i) {
+            e.remove();
+        }
+        self.free_slot(i, head)
+    }
+
+    /// Unlinks slot `i` (already out of the index) from its owner's list and frees it.
+    fn free_slot(&mut self, i: u32, head: &mut u32) -> Vec<u64> {
+        let (prev, next, watched) = {
             let s = slot_ref(&self.chunks, i);
-            (s.prev, s.next, self.hash(s.key.bytes()), s.watched)
+            (s.prev, s.next, s.watched)
         };
         if prev != NIL {
             slot_mut(&mut self.chunks, prev).next = next;
@@ -214,9 +259,6 @@ impl Ports {
         }
         if next != NIL {
             slot_mut(&mut self.chunks, next).prev = prev;
-        }
-        if let Ok(e) = self.index.find_entry(h, |&j| j == i) {
-            e.remove();
         }
         let s = slot_mut(&mut self.chunks, i);
         s.key = Key::Inline(0, [0; INLINE]);

@@ -34,7 +34,8 @@ struct Session {
 
 pub(crate) struct Table {
     ports: Ports,
-    sessions: HashMap<u64, Session>,
+    /// hashbrown's default hasher (foldhash): looked up per port of every request.
+    sessions: hashbrown::HashMap<u64, Session>,
     nodes: HashMap<String, u64>,
     next_sid: u64,
     epoch: u64,
@@ -96,7 +97,7 @@ impl Table {
             max_lease_ms: previous_max_lease_ms,
             data_dir,
             ports: Ports::default(),
-            sessions: HashMap::new(),
+            sessions: hashbrown::HashMap::new(),
             nodes: HashMap::new(),
             next_sid: 1,
             epoch,
@@ -149,7 +150,7 @@ impl Table {
 
     fn clear(&mut self) {
         self.ports.clear();
-        self.sessions = HashMap::new();
+        self.sessions = hashbrown::HashMap::new();
         self.nodes = HashMap::new();
     }
 
@@ -314,7 +315,8 @@ impl Table {
         w.u32(n as u32);
         for _ in 0..n {
             let key = r.str("key")?;
-            if let Some(port) = self.ports.get(key) {
+            let h = self.ports.hash_key(key);
+            if let Some(port) = self.ports.get_hashed(h, key) {
                 if port.owner as u64 == sid {
                     w.u8(0).i64(port.token);
                     continue;
@@ -343,7 +345,8 @@ impl Table {
                 w.u8(2);
                 continue;
             };
-            self.ports.insert(key, sid as u32, token, &mut s.head);
+            self.ports
+                .insert_hashed(h, key, sid as u32, token, &mut s.head);
             s.ports += 1;
             w.u8(0).i64(token);
         }

@@ -3,7 +3,7 @@
 
 use crate::config::CacheConfig;
 use crate::error::{CacheError, Result};
-use crate::journal::{self, log_def, registry_def, JReq, LogEntry};
+use crate::journal::{self, home_def, log_def, registry_def, JReq, LogEntry};
 use crate::keys::{cache_key, hash_key, KeyHash, Tail};
 use crate::peer::client::{CallError, Pool};
 use crate::peer::proto::{GetManyRef, RemoteError, Request, WriteManyRef, WriteRef};
@@ -312,13 +312,24 @@ impl Cache {
             );
         }
         let db_id = db.database_id().await?.hyphenated().to_string();
-        let log = db.define_table(log_def(&config.journal_table)).await?;
-        let registry = db.define_table(registry_def(&config.journal_table)).await?;
+        let jdb = if config.journal_url.is_empty() {
+            db.clone()
+        } else {
+            Db::connect(&config.journal_url).await?
+        };
+        let jdb_id = jdb.database_id().await?.hyphenated().to_string();
+        let home = db.define_table(home_def(&config.journal_table)).await?;
+        journal::check_home(&home, &config.journal_table, &jdb_id).await?;
+        let log = jdb.define_table(log_def(&config.journal_table)).await?;
+        let registry = jdb
+            .define_table(registry_def(&config.journal_table))
+            .await?;
         let (jtx, jrx) = mpsc::unbounded_channel();
         let c = Arc::new(Counters::default());
         let journal_port = Arc::new(Mutex::new(None));
         let committer = journal::Journal {
             db: db.clone(),
+            jdb,
             log: log.clone(),
             registry: registry.clone(),
             coord: coordinator.clone(),

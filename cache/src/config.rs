@@ -23,6 +23,12 @@ pub struct CacheConfig {
     /// Record-face table that holds the write-ahead journal (in the cache's database); the
     /// registry of journals is `<journal_table>_journals`.
     pub journal_table: String,
+    /// DBC URL of the database that holds the journal; empty: the cache's own database. A
+    /// database of its own can sit on another device (as a database's write-ahead log often
+    /// does), and its commits do not queue behind the flusher's row writes (SQLite has one
+    /// writer per file). Every node of a cluster must name the same one: the cache's database
+    /// records which it is, and a node naming another is refused.
+    pub journal_url: String,
     /// Rows in each node's journal ring (at least 16). A node's log lives in these rows,
     /// rewritten in place; adopters read the size from the registry.
     pub journal_slots: u64,
@@ -42,6 +48,7 @@ impl Default for CacheConfig {
             max_dirty: 200_000,
             secret: String::new(),
             journal_table: "kw_cache_log".into(),
+            journal_url: String::new(),
             journal_slots: 16384,
             request_timeout_ms: 30_000,
             shards: 64,

@@ -83,6 +83,60 @@ pub(crate) fn row_key(journal: &str, slot: u64) -> Value {
     Value::Text(format!("{journal}#{slot}"))
 }
 
+/// The table, in the cache's database, that names the database holding the journal.
+pub fn home_def(name: &str) -> TableDef {
+    TableDef {
+        name: format!("{name}_home"),
+        fields: vec![
+            Field::new("name", FieldType::Text),
+            Field::new("database", FieldType::Text),
+        ],
+        primary_key: vec!["name".into()],
+    }
+}
+
+/// Records the journal's database (`jdb_id`) in the cache's database, or checks it against
+/// the one recorded: nodes whose journals live in different databases would not find each
+/// other's journals, and a dead node's acknowledged writes would be lost.
+pub(crate) async fn check_home(
+    home: &Table,
+    journal_table: &str,
+    jdb_id: &str,
+) -> crate::Result<()> {
+    let key = [Value::Text(journal_table.to_owned())];
+    let row = vec![
+        Value::Text(journal_table.to_owned()),
+        Value::Text(jdb_id.to_owned()),
+    ];
+    for _ in 0..3 {
+        match home.get(&key).await? {
+            Some(r) => {
+                return match r.get(1) {
+                    Some(Value::Text(id)) if id == jdb_id => Ok(()),
+                    Some(Value::Text(id)) => Err(CacheError::Config(format!(
+                        "the journal of this cache's nodes is in database {id}, but journal_url \
+                         names database {jdb_id}: every node must use the same journal database \
+                         (to move it, stop every node cleanly, then delete the row {journal_table:?} \
+                         of table {}_home)",
+                        journal_table
+                    ))),
+                    _ => Err(CacheError::Config(format!(
+                        "unreadable row {journal_table:?} in table {journal_table}_home"
+                    ))),
+                };
+            }
+            None => {
+                if home.compare_and_put(&key, None, Some(&row)).await? {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(CacheError::Config(format!(
+        "table {journal_table}_home keeps changing; cannot record the journal's database"
+    )))
+}
+
 /// The port a journal's writer holds.
 pub(crate) fn journal_port(journal: &str) -> String {
     format!("cache/journal/{journal}")
@@ -188,7 +242,10 @@ struct Open {
 }
 
 pub(crate) struct Journal {
+    /// The cache's database (adoption replays into its tables).
     pub db: Db,
+    /// The database of the log and registry (the cache's own unless `journal_url` says).
+    pub jdb: Db,
     pub log: Table,
     pub registry: Table,
     pub coord: Coordinator,
@@ -432,7 +489,7 @@ impl Journal {
             self.c.journal_commits.fetch_add(1, Ordering::Relaxed);
             // A row refused by its fence means the port is someone else's: the whole commit
             // fails (rows written meanwhile are overwritten by the next commit's same seqs).
-            match crate::batch::put_fenced_many(&self.db, &self.log, &rows).await {
+            match crate::batch::put_fenced_many(&self.jdb, &self.log, &rows).await {
                 Ok(w) => {
                     if let Some(Err(e)) = w.results.into_iter().find(|r| r.is_err()) {
                         result = Err(format!("journal append: {e}"));

@@ -24,7 +24,7 @@ pub use cache::Cache;
 pub use config::CacheConfig;
 pub use error::{CacheError, Result};
 pub use invalidator::Invalidator;
-pub use journal::{log_def, registry_def};
+pub use journal::{home_def, log_def, registry_def};
 pub use keys::{cache_key, encode_pk};
 pub use mapping::{from_record, to_record};
 pub use peer::PeerListener;

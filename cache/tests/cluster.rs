@@ -2,7 +2,7 @@
 
 mod common;
 
-use keyward_cache::{Cache, CacheConfig, CacheTable, TableOptions, WriteMode};
+use keyward_cache::{log_def, Cache, CacheConfig, CacheError, CacheTable, TableOptions, WriteMode};
 use keyward_dbc::{Db, Field, FieldType, TableDef, Value};
 use keyward_ownership::{Coordinator, InProcessHub, SessionConfig};
 use serde::{Deserialize, Serialize};
@@ -54,21 +54,38 @@ struct Cluster {
     _dir: tempfile::TempDir,
     hub: InProcessHub,
     db: Db,
+    /// `journal_url` of every node (empty: the journal in the cache's database).
+    journal: String,
+}
+
+fn sqlite_in(dir: &tempfile::TempDir, file: &str) -> String {
+    format!("sqlite:{}?mode=rwc", dir.path().join(file).display())
 }
 
 impl Cluster {
     async fn new() -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite:{}?mode=rwc", dir.path().join("kw.db").display());
-        let db = Db::connect(&url).await.unwrap();
+        let db = Db::connect(&sqlite_in(&dir, "kw.db")).await.unwrap();
         Cluster {
             _dir: dir,
             hub: InProcessHub::new(),
             db,
+            journal: String::new(),
         }
     }
 
+    /// Nodes whose journal is in a database of its own.
+    async fn with_journal_apart() -> Cluster {
+        let mut c = Cluster::new().await;
+        c.journal = sqlite_in(&c._dir, "journal.db");
+        c
+    }
+
     async fn node_with(&self, cfg: CacheConfig, lease: Duration) -> Node {
+        let cfg = CacheConfig {
+            journal_url: self.journal.clone(),
+            ..cfg
+        };
         let (cache, coord) = common::start_node(&self.hub, &self.db, cfg, lease).await;
         Node { cache, coord }
     }
@@ -631,7 +648,47 @@ async fn write_through_reaches_the_table_before_returning() {
 /// in the table. Repeated with a fresh victim each round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_owner_loses_no_acknowledged_write() {
+    killed_owners_lose_no_acknowledged_write(Cluster::new().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_owner_loses_no_acknowledged_write_with_the_journal_apart() {
+    killed_owners_lose_no_acknowledged_write(Cluster::with_journal_apart().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_naming_another_journal_database_is_refused() {
     let c = Cluster::new().await;
+    let a = c.node().await;
+    let other = sqlite_in(&c._dir, "elsewhere.db");
+    let config = CacheConfig {
+        listen: "127.0.0.1:0".into(),
+        journal_url: other.clone(),
+        ..cfg()
+    };
+    let coord = c.hub.connect(Default::default()).await.unwrap();
+    match Cache::start(config, coord, c.db.clone()).await {
+        Err(CacheError::Config(m)) => assert!(m.contains("same journal database"), "{m}"),
+        Err(e) => panic!("expected a config error, got {e}"),
+        Ok(_) => panic!("a node with another journal database was started"),
+    }
+    // Nor may a node of a cluster whose journal is apart keep it in the cache's database.
+    let d = Cluster::with_journal_apart().await;
+    let b = d.node().await;
+    let coord = d.hub.connect(Default::default()).await.unwrap();
+    let config = CacheConfig {
+        listen: "127.0.0.1:0".into(),
+        ..cfg()
+    };
+    assert!(matches!(
+        Cache::start(config, coord, d.db.clone()).await,
+        Err(CacheError::Config(_))
+    ));
+    a.cache.shutdown().await.unwrap();
+    b.cache.shutdown().await.unwrap();
+}
+
+async fn killed_owners_lose_no_acknowledged_write(c: Cluster) {
     let b = c.node().await;
     let d = c.node().await;
     let tb = counters(&b).await;
@@ -702,6 +759,15 @@ async fn killed_owner_loses_no_acknowledged_write() {
     );
     assert!(victim_writes > 0, "the victims acknowledged writes");
     assert!(replays > 0, "new owners replayed journal entries");
+    if !c.journal.is_empty() {
+        // The journal was written where it was told to be.
+        let jdb = Db::connect(&c.journal).await.unwrap();
+        let log = jdb.define_table(log_def("kw_cache_log")).await.unwrap();
+        assert!(
+            log.count().await.unwrap() > 0,
+            "no journal rows in the journal database"
+        );
+    }
     b.cache.shutdown().await.unwrap();
     d.cache.shutdown().await.unwrap();
     let raw = c.db.define_table(counters_def()).await.unwrap();

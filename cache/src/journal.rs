@@ -117,8 +117,7 @@ pub(crate) async fn check_home(
                         "the journal of this cache's nodes is in database {id}, but journal_url \
                          names database {jdb_id}: every node must use the same journal database \
                          (to move it, stop every node cleanly, then delete the row {journal_table:?} \
-                         of table {}_home)",
-                        journal_table
+                         of table {journal_table}_home)"
                     ))),
                     _ => Err(CacheError::Config(format!(
                         "unreadable row {journal_table:?} in table {journal_table}_home"

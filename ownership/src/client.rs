@@ -1362,8 +1362,8 @@ fn put_send(b: &mut BytesMut, key: &str, payload: &[u8]) {
     w.finish();
 }
 
-/// The answers of a RegPort reply for `n` keys.
-fn claims(reply: &Reply, node: &str, n: usize) -> Result<Vec<ClaimReply>> {
+/// A reader at the first answer of a RegPort reply, which must hold `n`.
+fn claims_reader<'a>(reply: &'a Reply, node: &str, n: usize) -> Result<Reader<'a>> {
     let mut r = reply.expect(kind::CLAIMS, node)?;
     let got = r.count(1, "claims").map_err(proto)?;
     if got != n {
@@ -1371,6 +1371,12 @@ fn claims(reply: &Reply, node: &str, n: usize) -> Result<Vec<ClaimReply>> {
             "claim of {n} keys answered with {got} replies"
         )));
     }
+    Ok(r)
+}
+
+/// The answers of a RegPort reply for `n` keys.
+fn claims(reply: &Reply, node: &str, n: usize) -> Result<Vec<ClaimReply>> {
+    let mut r = claims_reader(reply, node, n)?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         out.push(claim_entry(&mut r)?);
@@ -1379,15 +1385,9 @@ fn claims(reply: &Reply, node: &str, n: usize) -> Result<Vec<ClaimReply>> {
     Ok(out)
 }
 
-/// The answer of a RegPort reply for one key.
+/// The answer of a RegPort reply for one key (no list: a pipeline reads one per reply).
 fn claim_one(reply: &Reply, node: &str) -> Result<ClaimReply> {
-    let mut r = reply.expect(kind::CLAIMS, node)?;
-    let got = r.count(1, "claims").map_err(proto)?;
-    if got != 1 {
-        return Err(OwnershipError::Protocol(format!(
-            "claim of 1 key answered with {got} replies"
-        )));
-    }
+    let mut r = claims_reader(reply, node, 1)?;
     let c = claim_entry(&mut r)?;
     r.end().map_err(proto)?;
     Ok(c)

@@ -253,13 +253,19 @@ impl Coordinator {
                     return Err(e);
                 }
             };
-            settled = link.settle(ask, replies, |s| match s {
-                Ok(state) => Claim::Granted(Guard {
-                    state,
-                    core: self.core.clone(),
-                }),
-                Err(owner) => Claim::OwnedBy(owner),
-            });
+            let mut slots = link.slots();
+            settled = ask
+                .iter()
+                .zip(replies)
+                .map(|(key, reply)| match slots.settle(key, reply) {
+                    Ok(state) => Claim::Granted(Guard {
+                        state,
+                        core: self.core.clone(),
+                    }),
+                    Err(owner) => Claim::OwnedBy(owner),
+                })
+                .collect();
+            drop(slots);
             // Checked after the guards exist, so a lease that ran out meanwhile is not missed.
             if !link.lease_valid() {
                 for c in &settled {

@@ -67,6 +67,7 @@ impl GuardState {
 
 type Map<K, V> = hashbrown::HashMap<K, V>;
 
+/// Reserves `key` for a claim by this node; see [`SessionLink::reserve`].
 fn reserve_in(slots: &mut Map<Arc<str>, Slot>, key: &str) -> Result<(), Token> {
     match slots.get_mut(key) {
         Some(Slot::Claiming) => Err(0),
@@ -86,7 +87,6 @@ fn reserve_in(slots: &mut Map<Arc<str>, Slot>, key: &str) -> Result<(), Token> {
     }
 }
 
-/// Drops this node's reservation of `key`, if it is still one (not a guard since).
 /// A granted key's slot becomes a live guard's (sharing the slot's key); a refused key's
 /// reservation goes.
 fn settle_in<E>(
@@ -119,7 +119,8 @@ fn settle_in<E>(
 pub(crate) struct Slots<'a>(MutexGuard<'a, Map<Arc<str>, Slot>>);
 
 impl Slots<'_> {
-    /// Settles one reserved key with the service's answer, as [`SessionLink::settle`] does.
+    /// Settles one reserved key with the service's answer: a granted key's slot becomes a
+    /// live guard's (sharing the slot's key), a refused key's reservation goes.
     pub(crate) fn settle<E>(
         &mut self,
         key: &str,
@@ -129,6 +130,7 @@ impl Slots<'_> {
     }
 }
 
+/// Drops this node's reservation of `key`, if it is still one (not a guard since).
 fn unclaim(slots: &mut Map<Arc<str>, Slot>, key: &str) {
     if matches!(slots.get(key), Some(Slot::Claiming)) {
         slots.remove(key);
@@ -348,23 +350,7 @@ impl SessionLink {
         }
     }
 
-    /// Settles reserved keys with the service's answers, under one lock: a granted key's slot
-    /// becomes a live guard's (sharing the slot's key), a refused key's reservation goes.
-    /// `wrap` turns each outcome into what the caller returns, so no list is built twice.
-    pub(crate) fn settle<E, T>(
-        &self,
-        keys: &[&str],
-        replies: Vec<Result<Token, E>>,
-        mut wrap: impl FnMut(Result<Arc<GuardState>, E>) -> T,
-    ) -> Vec<T> {
-        let mut slots = lock(&self.slots);
-        keys.iter()
-            .zip(replies)
-            .map(|(&key, reply)| wrap(settle_in(&mut slots, key, reply)))
-            .collect()
-    }
-
-    /// The slots under one lock, to settle claims one at a time (see [`Slots::settle`]).
+    /// The slots under one lock, to settle the keys of a claim (see [`Slots::settle`]).
     pub(crate) fn slots(&self) -> Slots<'_> {
         Slots(lock(&self.slots))
     }

@@ -157,6 +157,20 @@ async fn replay(db: &Db, journal: &str, bodies: &[Vec<u8>]) -> Result<u64> {
     Ok(n)
 }
 
+/// A failed write of `journal`'s registry row, fenced out by a newer token named for what it
+/// means: the port was just granted to us, so a newer token can only come from a token space
+/// that went back.
+pub(crate) fn registry_error(journal: &str, e: DbcError) -> CacheError {
+    match e {
+        DbcError::Fenced { stored, given, .. } => CacheError::TokensWentBack {
+            journal: journal.to_owned(),
+            stored,
+            given,
+        },
+        e => CacheError::Db(e),
+    }
+}
+
 /// Adopts `journal` while holding its port with `token`: replays its live rows if it is not
 /// clean and marks it clean. Returns its generation (0 if it was never opened).
 pub(crate) async fn adopt_locked(
@@ -183,7 +197,8 @@ pub(crate) async fn adopt_locked(
             &registry_row(journal, &reg.writer, gen, true, 0, reg.slots),
             token,
         )
-        .await?;
+        .await
+        .map_err(|e| registry_error(journal, e))?;
     tracing::info!(
         journal,
         gen,

@@ -45,6 +45,21 @@ pub enum CacheError {
     /// The call could not be routed in time (owner moving, lease of a dead owner not yet over).
     #[error("timed out after {millis} ms routing {key:?}")]
     Timeout { key: String, millis: u64 },
+    /// A journal's registry row carries a newer fencing token than the one this node was just
+    /// granted for it: the ownership group's tokens went back (its members' data directories
+    /// were reset), or another group writes to this database. Writes are refused rather than
+    /// risk overwriting newer rows; a group must keep its data directories (its epoch) for as
+    /// long as the database keeps rows fenced by it, and one database serves one group.
+    #[error(
+        "journal {journal}: the database holds fencing token {stored}, newer than this node's \
+         {given}: the ownership group's tokens went back (data directories reset?) or another \
+         group shares this database"
+    )]
+    TokensWentBack {
+        journal: String,
+        stored: i64,
+        given: i64,
+    },
     /// The cache was shut down or aborted.
     #[error("the cache is shut down")]
     Closed,

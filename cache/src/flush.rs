@@ -72,6 +72,48 @@ fn outcomes<T>(
     }
 }
 
+/// Whether a batch that failed as a whole may have failed for one of its rows (a constraint, a
+/// trigger, a value the table refuses) rather than for the database (unreachable, too slow):
+/// only then is it worth cutting up to find the row.
+fn row_may_be_at_fault(e: &DbcError) -> bool {
+    !matches!(e, DbcError::Connection { .. } | DbcError::Timeout { .. })
+}
+
+/// Writes rows `0..n` with `write` (one batch, one commit), and when the batch fails as a whole
+/// for a reason a row may cause, writes its halves apart, and so on down to single rows: a row
+/// the table refuses fails alone, in about 2·log2(n) extra writes, and the others are written
+/// now instead of sharing its backoff.
+async fn isolating<W, F, T>(n: usize, write: W) -> Vec<Outcome>
+where
+    W: Fn(std::ops::Range<usize>) -> F,
+    F: std::future::Future<
+        Output = std::result::Result<Vec<std::result::Result<T, DbcError>>, DbcError>,
+    >,
+{
+    let mut out: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
+    let mut todo = Vec::new();
+    todo.push(0..n);
+    while let Some(r) = todo.pop() {
+        // Boxed: the batch writers' futures are deep types, and nesting them here again
+        // would push callers' futures past the compiler's layout depth limit.
+        match Box::pin(write(r.clone())).await {
+            Err(e) if r.len() > 1 && row_may_be_at_fault(&e) => {
+                let mid = r.start + r.len() / 2;
+                todo.push(mid..r.end);
+                todo.push(r.start..mid);
+            }
+            res => {
+                for (slot, o) in out[r.clone()].iter_mut().zip(outcomes(r.len(), res)) {
+                    *slot = Some(o);
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|o| o.unwrap_or_else(|| Outcome::Failed("not written".into())))
+        .collect()
+}
+
 pub(crate) async fn run(weak: Weak<Inner>) {
     const REPORT_EVERY: Duration = Duration::from_secs(30);
     let mut last_report = Instant::now();
@@ -205,18 +247,24 @@ impl Inner {
                         .iter()
                         .filter_map(|i| i.value.clone().map(|v| (v, i.token)))
                         .collect();
-                    let r = crate::batch::put_fenced_many(&self.db, &ts.table, &rows)
-                        .await
-                        .map(|w| w.results);
-                    results.extend(puts.into_iter().zip(outcomes(rows.len(), r)));
+                    let out = isolating(rows.len(), |r| async {
+                        crate::batch::put_fenced_many(&self.db, &ts.table, &rows[r])
+                            .await
+                            .map(|w| w.results)
+                    })
+                    .await;
+                    results.extend(puts.into_iter().zip(out));
                 }
                 if !dels.is_empty() {
                     let keys: Vec<(Key, Token)> =
                         dels.iter().map(|i| (i.pk.clone(), i.token)).collect();
-                    let r = crate::batch::delete_fenced_many(&self.db, &ts.table, &keys)
-                        .await
-                        .map(|w| w.results);
-                    results.extend(dels.into_iter().zip(outcomes(keys.len(), r)));
+                    let out = isolating(keys.len(), |r| async {
+                        crate::batch::delete_fenced_many(&self.db, &ts.table, &keys[r])
+                            .await
+                            .map(|w| w.results)
+                    })
+                    .await;
+                    results.extend(dels.into_iter().zip(out));
                 }
                 inc(&self.c.flush_batches);
                 for (item, outcome) in results {

@@ -394,7 +394,7 @@ impl Journal {
         self.registry
             .put_fenced(&row, guard.token())
             .await
-            .map_err(|e| format!("journal registry: {e}"))?;
+            .map_err(|e| format!("journal registry: {}", crate::adopt::registry_error(&id, e)))?;
         *crate::store::lock(&self.port) = Some(guard.clone());
         tracing::debug!(journal = %id, gen, "journal opened");
         st.open = Some(Open {

@@ -2,7 +2,9 @@
 
 mod common;
 
-use keyward_cache::{log_def, Cache, CacheConfig, CacheError, CacheTable, TableOptions, WriteMode};
+use keyward_cache::{
+    log_def, registry_def, Cache, CacheConfig, CacheError, CacheTable, TableOptions, WriteMode,
+};
 use keyward_dbc::{Db, Field, FieldType, TableDef, Value};
 use keyward_ownership::{Coordinator, InProcessHub, SessionConfig};
 use serde::{Deserialize, Serialize};
@@ -954,6 +956,88 @@ async fn adopters_take_turns_and_an_adopter_that_dies_is_taken_over() {
     e.cache.shutdown().await.unwrap();
 }
 
+/// A journal whose registry row carries a newer fencing token than the group grants (the
+/// group's tokens went back, or another group shares the database) refuses the write, with an
+/// error that names the cause instead of a bare "fenced out".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_fenced_by_newer_tokens_refuses_writes_and_says_why() {
+    let c = Cluster::new().await;
+    let reg =
+        c.db.define_table(registry_def(&cfg().journal_table))
+            .await
+            .unwrap();
+    // A clean journal left by a group whose tokens ran far ahead of this one's.
+    let row = vec![
+        Value::Text("ghost".into()),
+        Value::Text("node-of-another-group".into()),
+        Value::I64(3),
+        Value::Bool(true),
+        Value::I64(0),
+        Value::I64(cfg().journal_slots as i64),
+    ];
+    reg.put_fenced(&row, i64::MAX / 2).await.unwrap();
+    let a = c.node().await;
+    let ta = counters(&a).await;
+    let e = ta.put(&Counter { id: 1, n: 1 }).await.unwrap_err();
+    assert!(
+        e.to_string().contains("tokens went back"),
+        "the error names the cause: {e}"
+    );
+    a.cache.abort();
+}
+
+/// Makes the counters table refuse (or accept again) every write of the row with id 0.
+async fn refuse_id_0(c: &Cluster, refuse: bool) {
+    for trigger in ["INSERT", "UPDATE"] {
+        let sql = if refuse {
+            format!(
+                "CREATE TRIGGER stuck_{trigger} BEFORE {trigger} ON counters WHEN NEW.id = 0 \
+                 BEGIN SELECT RAISE(ABORT, 'refused'); END"
+            )
+        } else {
+            format!("DROP TRIGGER stuck_{trigger}")
+        };
+        c.db.execute(&sql, &[]).await.unwrap();
+    }
+}
+
+/// A row the table refuses fails alone: the rows flushed in the same batch are written at once,
+/// not held back with it (the batch is cut up until the refused row is found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_row_does_not_hold_back_its_batch() {
+    let c = Cluster::new().await;
+    let quick = CacheConfig {
+        request_timeout_ms: 1_000,
+        ..cfg()
+    };
+    let a = c.node_with(quick, Duration::from_secs(5)).await;
+    let ta = counters(&a).await;
+    refuse_id_0(&c, true).await;
+    a.cache.pause_flusher(true);
+    for id in 0..=50 {
+        ta.put(&Counter { id, n: id + 1 }).await.unwrap();
+    }
+    let e = a.cache.flush().await;
+    assert!(e.is_err(), "the refused row cannot be flushed");
+    let s = a.cache.stats();
+    assert_eq!(s.flushed_rows, 50, "{s:?}");
+    assert_eq!(s.dirty_keys, 1, "{s:?}");
+    let t = c.db.define_table(counters_def()).await.unwrap();
+    for id in 1..=50 {
+        let row = t.get(&k(id)).await.unwrap();
+        assert_eq!(
+            row,
+            Some(vec![Value::I64(id), Value::I64(id + 1)]),
+            "row {id} is in the table"
+        );
+    }
+    assert_eq!(t.get(&k(0)).await.unwrap(), None);
+    refuse_id_0(&c, false).await;
+    a.cache.flush().await.unwrap();
+    assert_eq!(ta.get(&k(0)).await.unwrap().map(|c| c.n), Some(1));
+    a.cache.shutdown().await.unwrap();
+}
+
 /// A key whose flush keeps failing pins the oldest rows of its owner's journal; the journal
 /// writes its entry again at the tail and goes on (a small ring here, wrapped several times),
 /// and when the owner dies, the adopter finds every write in the wrapped ring.
@@ -967,30 +1051,22 @@ async fn an_unflushable_key_does_not_stop_the_journal() {
     };
     let a = c.node_with(small, Duration::from_secs(5)).await;
     let ta = counters(&a).await;
-    for trigger in ["INSERT", "UPDATE"] {
-        c.db.execute(
-            &format!(
-                "CREATE TRIGGER stuck_{trigger} BEFORE {trigger} ON counters WHEN NEW.id = 0 \
-                 BEGIN SELECT RAISE(ABORT, 'refused'); END"
-            ),
-            &[],
-        )
-        .await
-        .unwrap();
-    }
+    refuse_id_0(&c, true).await;
     ta.put(&Counter { id: 0, n: 7 }).await.unwrap();
     // One commit per write: 200 rows through a ring of 32.
     for id in 1..=200 {
         ta.put(&Counter { id, n: id }).await.unwrap();
     }
+    // The flusher runs on its own clock: give it a bounded while to write the 200 other keys.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while a.cache.stats().dirty_keys > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let s = a.cache.stats();
     assert!(s.journal_commits >= 200, "{s:?}");
-    assert!(s.flushed_rows >= 100, "the other keys were flushed: {s:?}");
-    for trigger in ["INSERT", "UPDATE"] {
-        c.db.execute(&format!("DROP TRIGGER stuck_{trigger}"), &[])
-            .await
-            .unwrap();
-    }
+    assert_eq!(s.dirty_keys, 1, "only the refused key is left: {s:?}");
+    assert!(s.flushed_rows >= 200, "the other keys were flushed: {s:?}");
+    refuse_id_0(&c, false).await;
     // Unflushed at the kill: key 0 and a run of rewrites that wrap the ring again.
     a.cache.pause_flusher(true);
     ta.put(&Counter { id: 0, n: 99 }).await.unwrap();

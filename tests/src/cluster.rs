@@ -50,6 +50,16 @@ impl Cluster {
             .map(|(o, _, _)| format!("\"127.0.0.1:{o}\""))
             .collect();
         let vfs_root = dir.path().join("vfs");
+        // A journal of its own per cluster: a shared database keeps the registry rows of earlier
+        // clusters, fenced with their groups' tokens, which a new group's tokens do not pass.
+        let journal: String = dir
+            .path()
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect();
         let mut nodes = Vec::new();
         for (i, (o, c, h)) in ports.iter().enumerate() {
             let id = format!("node-{i}");
@@ -79,6 +89,7 @@ url = "{db_url}"
 listen = "127.0.0.1:{c}"
 secret = "e2e-secret"
 flush_max_age_ms = 300
+journal_table = "kw_e2e_log_{journal}"
 request_timeout_ms = 20000
 
 [search]

@@ -155,10 +155,14 @@ async fn three_nodes_survive_master_and_owner_kills() {
         .unwrap();
     let id = run_id();
     let up = Duration::from_secs(90);
+    let started = Instant::now();
+    // Where the time goes, for a run that fails or drags on a loaded machine.
+    let phase = |what: &str| eprintln!("{:>7.2?} {what}", started.elapsed());
     let master = wait_group(&http, &c, 0, 3, up).await;
     for i in 1..3 {
         wait_group(&http, &c, i, 3, up).await;
     }
+    phase("group up");
 
     // Writes through the cache from all three nodes; each key's first writer becomes its owner.
     let mut acked = BTreeMap::new();
@@ -182,6 +186,7 @@ async fn three_nodes_survive_master_and_owner_kills() {
         assert_eq!(t.await.unwrap(), 200, "an incr failed\n{}", c.logs());
     }
     acked.insert(counter.clone(), json!(60));
+    phase("cache writes and counter done");
     check_all(&http, &c, &[0, 1, 2], &acked)
         .await
         .unwrap_or_else(|e| panic!("before any kill: {e}\n{}", c.logs()));
@@ -210,6 +215,7 @@ async fn three_nodes_survive_master_and_owner_kills() {
         assert_eq!(got.text().await.unwrap(), body, "file content on node {i}");
     }
 
+    phase("file written and read on every node");
     // Search: the index is created on one node, written through another (forwarded to the
     // shard owner), and found from all three.
     let index = format!("e2e{id}");
@@ -262,6 +268,7 @@ async fn three_nodes_survive_master_and_owner_kills() {
         assert_eq!(v["hits"][0]["id"], json!(1), "{v}");
     }
 
+    phase("search documents found on every node");
     // Kill the ownership master. Its ports lived only in its RAM: the keys it owned must be
     // served again (from the journal / the database) by a new owner within the lease plus the
     // re-registration window (plus the election, which the bound below allows for).
@@ -288,6 +295,7 @@ async fn three_nodes_survive_master_and_owner_kills() {
     // The killed node comes back and rejoins; then a cache owner is killed while it owns keys.
     c.start(m);
     let master2 = wait_group(&http, &c, live[0], 3, up).await;
+    phase("killed node back in the group");
     let m2 = c.node_of_ownership_addr(&master2).unwrap();
     let owner = (0..3).find(|&i| i != m2).unwrap();
     write_batch(&http, &c, owner, &format!("{id}-b{owner}"), 30, &mut acked).await;
@@ -307,6 +315,7 @@ async fn three_nodes_survive_master_and_owner_kills() {
     );
     // The file is still readable from the survivors.
     for &i in &live {
+        phase(&format!("reading the file on node {i}"));
         let got = http
             .get(c.url(i, &format!("/files/{file}")))
             .send()
@@ -318,4 +327,5 @@ async fn three_nodes_survive_master_and_owner_kills() {
             "file after kills on node {i}"
         );
     }
+    phase("done");
 }

@@ -470,24 +470,16 @@ impl Shard {
     /// Resizes an entry after its value changed.
     pub fn resize(&mut self, key: &str, size: usize, c: &Counters) {
         if let Some(e) = self.map.peek_mut(key) {
-            let old = e.size;
-            e.size = size;
-            self.bytes = (self.bytes + size).saturating_sub(old);
-            c.bytes
-                .fetch_add(size as i64 - old as i64, Ordering::Relaxed);
+            let old = std::mem::replace(&mut e.size, size);
+            self.resized(old, size, c);
         }
     }
 
-    pub fn mark_dirty(&mut self, key: &Arc<str>, now: Instant, c: &Counters) {
-        if let Some(e) = self.map.peek_mut(key) {
-            if e.dirty_since.is_none() {
-                e.dirty_since = Some(now);
-                self.due.push_back((now, key.clone()));
-            }
-        }
-        if self.dirty.insert(key.clone()) {
-            c.dirty.fetch_add(1, Ordering::Relaxed);
-        }
+    /// Accounts for an entry whose size went from `old` to `size` (already set on the entry).
+    pub fn resized(&mut self, old: usize, size: usize, c: &Counters) {
+        self.bytes = (self.bytes + size).saturating_sub(old);
+        c.bytes
+            .fetch_add(size as i64 - old as i64, Ordering::Relaxed);
     }
 
     pub fn mark_clean(&mut self, key: &str, c: &Counters) {

@@ -157,20 +157,6 @@ async fn replay(db: &Db, journal: &str, bodies: &[Vec<u8>]) -> Result<u64> {
     Ok(n)
 }
 
-/// A failed write of `journal`'s registry row, fenced out by a newer token named for what it
-/// means: the port was just granted to us, so a newer token can only come from a token space
-/// that went back.
-pub(crate) fn registry_error(journal: &str, e: DbcError) -> CacheError {
-    match e {
-        DbcError::Fenced { stored, given, .. } => CacheError::TokensWentBack {
-            journal: journal.to_owned(),
-            stored,
-            given,
-        },
-        e => CacheError::Db(e),
-    }
-}
-
 /// Adopts `journal` while holding its port with `token`: replays its live rows if it is not
 /// clean and marks it clean. Returns its generation (0 if it was never opened).
 pub(crate) async fn adopt_locked(
@@ -198,7 +184,7 @@ pub(crate) async fn adopt_locked(
             token,
         )
         .await
-        .map_err(|e| registry_error(journal, e))?;
+        .map_err(|e| crate::journal::registry_error(journal, e))?;
     tracing::info!(
         journal,
         gen,

@@ -90,7 +90,9 @@ where
         Output = std::result::Result<Vec<std::result::Result<T, DbcError>>, DbcError>,
     >,
 {
-    let mut out: Vec<Option<Outcome>> = (0..n).map(|_| None).collect();
+    // A stack whose left half is pushed last: ranges come off it in row order, so their
+    // outcomes are appended in row order too.
+    let mut out = Vec::with_capacity(n);
     let mut todo = Vec::new();
     todo.push(0..n);
     while let Some(r) = todo.pop() {
@@ -102,16 +104,10 @@ where
                 todo.push(mid..r.end);
                 todo.push(r.start..mid);
             }
-            res => {
-                for (slot, o) in out[r.clone()].iter_mut().zip(outcomes(r.len(), res)) {
-                    *slot = Some(o);
-                }
-            }
+            res => out.extend(outcomes(r.len(), res)),
         }
     }
-    out.into_iter()
-        .map(|o| o.unwrap_or_else(|| Outcome::Failed("not written".into())))
-        .collect()
+    out
 }
 
 pub(crate) async fn run(weak: Weak<Inner>) {

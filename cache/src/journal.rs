@@ -28,7 +28,7 @@
 use crate::error::CacheError;
 use crate::stats::Counters;
 use crate::store::FastMap;
-use keyward_dbc::{Db, Field, FieldType, Key, Record, Table, TableDef, Value};
+use keyward_dbc::{Db, DbcError, Field, FieldType, Key, Record, Table, TableDef, Value};
 use keyward_ownership::{Claim, Coordinator, Guard, Token};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -75,6 +75,20 @@ pub fn registry_def(name: &str) -> TableDef {
             Field::new("slots", FieldType::I64),
         ],
         primary_key: vec!["journal".into()],
+    }
+}
+
+/// A failed write of `journal`'s registry row, fenced out by a newer token named for what it
+/// means: the port was just granted to us, so a newer token can only come from a token space
+/// that went back.
+pub(crate) fn registry_error(journal: &str, e: DbcError) -> CacheError {
+    match e {
+        DbcError::Fenced { stored, given, .. } => CacheError::TokensWentBack {
+            journal: journal.to_owned(),
+            stored,
+            given,
+        },
+        e => CacheError::Db(e),
     }
 }
 
@@ -394,7 +408,7 @@ impl Journal {
         self.registry
             .put_fenced(&row, guard.token())
             .await
-            .map_err(|e| format!("journal registry: {}", crate::adopt::registry_error(&id, e)))?;
+            .map_err(|e| format!("journal registry: {}", registry_error(&id, e)))?;
         *crate::store::lock(&self.port) = Some(guard.clone());
         tracing::debug!(journal = %id, gen, "journal opened");
         st.open = Some(Open {

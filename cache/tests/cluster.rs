@@ -9,7 +9,7 @@ use keyward_dbc::{Db, Field, FieldType, TableDef, Value};
 use keyward_ownership::{Coordinator, InProcessHub, SessionConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -382,23 +382,48 @@ async fn killed_owner_loses_no_write_acknowledged_by_put_many() {
         // Each writer owns its keys' values: it writes 1, 2, 3, … to all of them at once, so
         // a key's value must end between its last acknowledged and its last attempted one.
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acks: Vec<Arc<AtomicI64>> = (0..writers.len()).map(|_| Arc::default()).collect();
+        let last_error = Arc::new(std::sync::Mutex::new(None::<String>));
         let mut tasks = Vec::new();
         for (w, t) in writers.into_iter().enumerate() {
             let stop = stop.clone();
+            let acks = acks[w].clone();
+            let last_error = last_error.clone();
             let ids = ids(w);
             tasks.push(tokio::spawn(async move {
                 let (mut acked, mut n) = (0i64, 0i64);
                 while !stop.load(Ordering::Relaxed) {
                     n += 1;
                     let batch: Vec<Counter> = ids.iter().map(|id| Counter { id: *id, n }).collect();
-                    if t.put_many(&batch).await.is_ok() {
-                        acked = n;
+                    match t.put_many(&batch).await {
+                        Ok(()) => {
+                            acked = n;
+                            acks.store(n, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            if let Ok(mut last) = last_error.lock() {
+                                *last = Some(format!("writer {w}: {e}"));
+                            }
+                        }
                     }
                 }
                 (ids, acked, n)
             }));
         }
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // The kill must land while every writer, local and forwarding, has acknowledged
+        // batches behind it. A slow machine gets there late, not never: wait, bounded.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while acks.iter().any(|a| a.load(Ordering::Relaxed) < 3) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: writers acknowledged only {:?} batches in 20 s; last error {:?}",
+                acks.iter()
+                    .map(|a| a.load(Ordering::Relaxed))
+                    .collect::<Vec<_>>(),
+                last_error.lock().map(|e| e.clone())
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert!(a.cache.stats().writes > 0, "the victim acknowledged writes");
         a.coord.close().await.unwrap();
         a.cache.abort();

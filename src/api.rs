@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keyward_cache::{CacheError, RawTable, TableOptions};
+use keyward_cache::{CacheError, RawTable, SharedRecord, TableOptions};
 use keyward_dbc::{Field, FieldType, TableDef, Value};
 use keyward_vfs::{Vfs, VfsError};
 use serde_json::json;
@@ -128,7 +128,7 @@ fn vfs_error(e: VfsError) -> Response {
 }
 
 /// The reply for a read or an update of one kv record: its JSON value, or 404 when absent.
-fn kv_reply(key: &str, got: Result<Option<keyward_dbc::Record>, CacheError>) -> Response {
+fn kv_reply(key: &str, got: Result<Option<SharedRecord>, CacheError>) -> Response {
     match got {
         Ok(Some(rec)) => match rec.get(1) {
             Some(Value::Json(v)) => Json(json!({"key": key, "value": v})).into_response(),

@@ -130,7 +130,8 @@ async fn replay(db: &Db, journal: &str, bodies: &[Vec<u8>]) -> Result<u64> {
         }
         let w = by_table.entry(e.table).or_default();
         match e.image {
-            Some(rec) => w.0.push((rec, e.token)),
+            // Just read from the log: the only holder, so no copy.
+            Some(rec) => w.0.push((Arc::unwrap_or_clone(rec), e.token)),
             None => w.1.push((e.pk, e.token)),
         }
     }

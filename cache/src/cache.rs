@@ -12,6 +12,7 @@ use crate::routes::{Grouped, Routes};
 use crate::stats::{inc, CacheStats, Counters};
 use crate::store::{entry_size, lock, prefetch, text_at, Entry, Store};
 use crate::table::{CacheTable, RawTable, TableOptions, TableState, WriteMode};
+use crate::SharedRecord;
 use keyward_dbc::{Db, DbcError, Key, Record, Table, TableDef, Value};
 use keyward_ownership::{Claim, Coordinator, Guard};
 use serde::de::DeserializeOwned;
@@ -27,11 +28,11 @@ use tokio::task::JoinHandle;
 /// A change to one key, run at its owner.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum WriteOp {
-    Put(Record),
+    Put(SharedRecord),
     Delete,
     Cas {
         expected: Option<Record>,
-        new: Option<Record>,
+        new: Option<SharedRecord>,
     },
     Update {
         name: String,
@@ -58,7 +59,7 @@ pub(crate) enum Op {
 /// One write of a [`Op::WriteMany`]: a put carries its key inside its record.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Write {
-    Put(Record),
+    Put(SharedRecord),
     Delete(Key),
 }
 
@@ -85,7 +86,7 @@ enum Here {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    Value(Option<Record>),
+    Value(Option<SharedRecord>),
     Done,
     Cas(bool),
     /// The answering node does not own the key; the owner's cache address when known.
@@ -100,13 +101,13 @@ pub(crate) enum Reply {
 /// `Some(None)` (the owner knows the key is absent) would read back as `None` from JSON.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Served {
-    Value(Option<Record>),
+    Value(Option<SharedRecord>),
     /// Not held ready in the owner's memory: route this key alone.
     NotHeld,
 }
 
 enum Look {
-    Hit(Option<Record>),
+    Hit(Option<SharedRecord>),
     Ready,
     Expired,
     Missing,
@@ -118,13 +119,13 @@ enum Resolved {
 }
 
 enum Computed {
-    Write(Option<Record>, Reply),
+    Write(Option<SharedRecord>, Reply),
     NoWrite(Reply),
 }
 
 /// What the owner's fast read path found.
 enum Probe {
-    Hit(Option<Record>),
+    Hit(Option<SharedRecord>),
     /// Not in memory here (and not being evicted): the key's hash, for routing.
     Absent(u64),
     /// The general path must decide.
@@ -242,6 +243,7 @@ fn compute(ts: &TableState, pk: &Key, cur: Option<&Record>, op: &WriteOp) -> Res
                     ));
                 }
             }
+            let new = new.map(Arc::new);
             Computed::Write(new.clone(), Reply::Value(new))
         }
     })
@@ -440,7 +442,11 @@ impl Cache {
         self.inner.c.snapshot()
     }
 
-    pub(crate) async fn get(&self, ts: &Arc<TableState>, pk: &[Value]) -> Result<Option<Record>> {
+    pub(crate) async fn get(
+        &self,
+        ts: &Arc<TableState>,
+        pk: &[Value],
+    ) -> Result<Option<SharedRecord>> {
         let inner = &self.inner;
         inner.check_open()?;
         ts.check_pk(pk)?;
@@ -465,10 +471,10 @@ impl Cache {
         &self,
         ts: &Arc<TableState>,
         pks: &[Key],
-    ) -> Result<Vec<Option<Record>>> {
+    ) -> Result<Vec<Option<SharedRecord>>> {
         let inner = &self.inner;
         inner.check_open()?;
-        let mut out: Vec<Option<Option<Record>>> = vec![None; pks.len()];
+        let mut out: Vec<Option<Option<SharedRecord>>> = vec![None; pks.len()];
         let mut elsewhere: Vec<(usize, u64)> = Vec::new();
         for (i, pk) in pks.iter().enumerate() {
             ts.check_pk(pk)?;
@@ -876,12 +882,13 @@ impl Inner {
                 Probe::Absent(hash)
             };
         };
-        // The record's buffer and its text's are each a likely cache miss, and the text's
-        // address would be known only after the record's arrived: both addresses are in the
-        // slot, so both loads start now and overlap (two lines of text: 100-byte values
-        // usually straddle one boundary). The clone below then finds them on their way.
+        // The shared record's counts (the clone below writes them) and its text are each a
+        // likely cache miss, and the text's address would be known only after the record's
+        // arrived: both addresses are in the slot, so both loads start now and overlap (two
+        // lines of text: 100-byte values usually straddle one boundary; a typed read decodes
+        // it next).
         if let Some(r) = &e.value {
-            prefetch(r.as_ptr() as usize);
+            prefetch(Arc::as_ptr(r) as usize);
         }
         if e.text_at != 0 {
             prefetch(e.text_at);
@@ -909,7 +916,7 @@ impl Inner {
         &self,
         ts: &Arc<TableState>,
         pk: &[Value],
-    ) -> Result<std::result::Result<Option<Record>, Elsewhere>> {
+    ) -> Result<std::result::Result<Option<SharedRecord>, Elsewhere>> {
         match self.hit(ts, pk) {
             Probe::Hit(v) => {
                 inc(&self.c.hits);
@@ -1014,11 +1021,11 @@ impl Inner {
 
     /// Reads a key for a new owner, once every journal a dead node left is adopted (so the
     /// table holds everything acknowledged).
-    async fn load(&self, ts: &TableState, pk: &Key) -> Result<Option<Record>> {
+    async fn load(&self, ts: &TableState, pk: &Key) -> Result<Option<SharedRecord>> {
         inc(&self.c.misses);
         // Boxed: rarely more than one registry read, and it keeps every caller's future small.
         Box::pin(self.adopt_dead_journals()).await?;
-        Ok(ts.table.get(pk).await?)
+        Ok(ts.table.get(pk).await?.map(Arc::new))
     }
 
     fn install(
@@ -1026,15 +1033,15 @@ impl Inner {
         ts: &Arc<TableState>,
         key: &Arc<str>,
         pk: &Key,
-        value: Option<Record>,
+        value: Option<SharedRecord>,
         guard: Arc<Guard>,
     ) {
         let now = Instant::now();
         let e = Entry {
             table: ts.clone(),
             pk: pk.clone(),
-            size: entry_size(key, pk, value.as_ref()),
-            text_at: text_at(value.as_ref()),
+            size: entry_size(key, pk, value.as_deref()),
+            text_at: text_at(value.as_deref()),
             value,
             guard,
             valid_epoch: u64::MAX,
@@ -1066,8 +1073,8 @@ impl Inner {
         };
         inc(&self.c.misses);
         inc(&self.c.expirations);
-        let v = ts.table.get(pk).await?;
-        let size = entry_size(key, pk, v.as_ref());
+        let v = ts.table.get(pk).await?.map(Arc::new);
+        let size = entry_size(key, pk, v.as_deref());
         let mut sh = self.store.shard(key);
         let mut fresh = false;
         if let Some(e) = sh.map.peek_mut(key) {
@@ -1305,7 +1312,7 @@ impl Inner {
         if !e.guard.is_valid() {
             return Ok(None);
         }
-        let (new, reply) = match compute(ts, pk, e.value.as_ref(), op)? {
+        let (new, reply) = match compute(ts, pk, e.value.as_deref(), op)? {
             Computed::NoWrite(r) => return Ok(Some(Staged::Now(r))),
             Computed::Write(n, r) => (n, r),
         };
@@ -1324,7 +1331,7 @@ impl Inner {
             },
             done: tx,
         };
-        let size = entry_size(key, pk, new.as_ref());
+        let size = entry_size(key, pk, new.as_deref());
         self.c.journal_pending.fetch_add(1, Ordering::Relaxed);
         if self.journal.send(req).is_err() {
             self.c.journal_pending.fetch_sub(1, Ordering::Relaxed);
@@ -1475,7 +1482,7 @@ impl Inner {
                 _ => return Ok(None),
             }
         };
-        let (new, reply) = match compute(ts, pk, cur.as_ref(), op)? {
+        let (new, reply) = match compute(ts, pk, cur.as_deref(), op)? {
             Computed::NoWrite(r) => return Ok(Some(r)),
             Computed::Write(n, r) => (n, r),
         };
@@ -1495,7 +1502,7 @@ impl Inner {
             }
             Err(e) => return Err(e.into()),
         }
-        let size = entry_size(key, pk, new.as_ref());
+        let size = entry_size(key, pk, new.as_deref());
         {
             let mut sh = self.store.shard(key);
             let mut same = false;
@@ -1651,7 +1658,7 @@ impl Inner {
             };
             out.push(match look {
                 Look::Hit(v) => {
-                    left = left.saturating_sub(crate::store::record_size(v.as_ref()) + 1);
+                    left = left.saturating_sub(crate::store::record_size(v.as_deref()) + 1);
                     inc(&self.c.hits);
                     inc(&self.c.served_for_peers);
                     Served::Value(v)

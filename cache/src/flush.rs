@@ -8,6 +8,7 @@ use crate::journal::JReq;
 use crate::stats::inc;
 use crate::store::{lock, Entry};
 use crate::table::TableState;
+use crate::SharedRecord;
 use keyward_dbc::{DbcError, Key, Record};
 use keyward_ownership::{Guard, Token};
 use std::collections::HashMap;
@@ -19,7 +20,7 @@ struct Item {
     key: Arc<str>,
     ts: Arc<TableState>,
     pk: Key,
-    value: Option<Record>,
+    value: Option<SharedRecord>,
     seq: u64,
     token: Token,
     guard: Arc<Guard>,
@@ -241,7 +242,7 @@ impl Inner {
                 if !puts.is_empty() {
                     let rows: Vec<(Record, Token)> = puts
                         .iter()
-                        .filter_map(|i| i.value.clone().map(|v| (v, i.token)))
+                        .filter_map(|i| i.value.as_ref().map(|v| (Record::clone(v), i.token)))
                         .collect();
                     let out = isolating(rows.len(), |r| async {
                         crate::batch::put_fenced_many(&self.db, &ts.table, &rows[r])

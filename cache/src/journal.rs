@@ -28,6 +28,7 @@
 use crate::error::CacheError;
 use crate::stats::Counters;
 use crate::store::FastMap;
+use crate::SharedRecord;
 use keyward_dbc::{Db, DbcError, Field, FieldType, Key, Record, Table, TableDef, Value};
 use keyward_ownership::{Claim, Coordinator, Guard, Token};
 use serde::{Deserialize, Serialize};
@@ -182,7 +183,7 @@ pub(crate) struct LogEntry {
     pub token: Token,
     pub seq: u64,
     pub pk: Key,
-    pub image: Option<Record>,
+    pub image: Option<SharedRecord>,
 }
 
 /// What a log body holds, in order.
@@ -674,7 +675,7 @@ mod tests {
             token: 7,
             seq,
             pk: vec![Value::I64(1)],
-            image: Some(vec![Value::I64(1), Value::I64(n)]),
+            image: Some(Arc::new(vec![Value::I64(1), Value::I64(n)])),
         }
     }
 

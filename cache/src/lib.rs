@@ -30,3 +30,8 @@ pub use mapping::{from_record, to_record};
 pub use peer::PeerListener;
 pub use stats::CacheStats;
 pub use table::{CacheTable, RawTable, TableOptions, UpdateFn, WriteMode};
+
+/// A record as the cache holds it: shared between the owner's memory, its journal and every
+/// reader, never copied per read or per write. Deref to `&Record`; `Record::clone(&r)` when a
+/// caller needs its own.
+pub type SharedRecord = std::sync::Arc<keyward_dbc::Record>;

@@ -11,6 +11,7 @@
 use crate::keys::{hash_key, TAIL_MAX};
 use crate::stats::Counters;
 use crate::table::TableState;
+use crate::SharedRecord;
 use keyward_dbc::{Key, Record, Value};
 use keyward_ownership::Guard;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -29,7 +30,7 @@ pub(crate) type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 pub(crate) struct Entry {
     /// `None`: absent from the table (a miss is cached too) or deleted. Set through
     /// [`Entry::set_value`], which keeps `text_at` in step.
-    pub value: Option<Record>,
+    pub value: Option<SharedRecord>,
     /// Address of the first text or bytes value's buffer (0: none), kept beside `value` so
     /// that a read can fetch that buffer together with the record's own instead of after it.
     /// Only ever used as a prefetch hint, never dereferenced.
@@ -98,8 +99,8 @@ pub(crate) fn prefetch(addr: usize) {
 }
 
 impl Entry {
-    pub fn set_value(&mut self, value: Option<Record>) {
-        self.text_at = text_at(value.as_ref());
+    pub fn set_value(&mut self, value: Option<SharedRecord>) {
+        self.text_at = text_at(value.as_deref());
         self.value = value;
     }
 
@@ -551,7 +552,7 @@ mod tests {
 
     fn entry(ts: &Arc<TableState>, n: i64, guard: Arc<Guard>) -> Entry {
         Entry {
-            value: Some(vec![Value::I64(n)]),
+            value: Some(Arc::new(vec![Value::I64(n)])),
             text_at: 0,
             guard,
             valid_epoch: u64::MAX,

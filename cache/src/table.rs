@@ -5,6 +5,7 @@ use crate::cache::{Cache, Reply, Write, WriteOp};
 use crate::error::{CacheError, Result};
 use crate::keys::KeyHash;
 use crate::mapping::{from_record, to_record};
+use crate::SharedRecord;
 use keyward_dbc::{Key, Record, Table, TableDef, Value};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -175,11 +176,12 @@ impl RawTable {
         &self.ts.opts
     }
 
-    pub async fn get(&self, pk: &[Value]) -> Result<Option<Record>> {
+    /// The record, shared with the cache's memory (no copy per read).
+    pub async fn get(&self, pk: &[Value]) -> Result<Option<SharedRecord>> {
         self.cache.get(&self.ts, pk).await
     }
 
-    pub async fn get_many(&self, pks: &[Key]) -> Result<Vec<Option<Record>>> {
+    pub async fn get_many(&self, pks: &[Key]) -> Result<Vec<Option<SharedRecord>>> {
         self.cache.get_many(&self.ts, pks).await
     }
 
@@ -188,7 +190,7 @@ impl RawTable {
         self.ts.check_record(&rec)?;
         let pk = self.ts.pk_of(&rec);
         self.cache
-            .write(&self.ts, &pk, WriteOp::Put(rec))
+            .write(&self.ts, &pk, WriteOp::Put(Arc::new(rec)))
             .await
             .map(|_| ())
     }
@@ -205,7 +207,7 @@ impl RawTable {
     /// once all are. Not atomic: after an error, some of the records may have been written.
     /// Of several records with one key, the last is the one written.
     pub async fn put_many(&self, recs: Vec<Record>) -> Result<()> {
-        let writes = recs.into_iter().map(Write::Put).collect();
+        let writes = recs.into_iter().map(|r| Write::Put(Arc::new(r))).collect();
         self.cache.write_many(&self.ts, writes).await
     }
 
@@ -234,7 +236,14 @@ impl RawTable {
         }
         match self
             .cache
-            .write(&self.ts, pk, WriteOp::Cas { expected, new })
+            .write(
+                &self.ts,
+                pk,
+                WriteOp::Cas {
+                    expected,
+                    new: new.map(Arc::new),
+                },
+            )
             .await?
         {
             Reply::Cas(b) => Ok(b),
@@ -248,7 +257,7 @@ impl RawTable {
         pk: &[Value],
         name: &str,
         arg: serde_json::Value,
-    ) -> Result<Option<Record>> {
+    ) -> Result<Option<SharedRecord>> {
         let op = WriteOp::Update {
             name: name.to_owned(),
             arg,
@@ -313,7 +322,7 @@ impl<T: Serialize + DeserializeOwned> CacheTable<T> {
         &self.raw
     }
 
-    fn decode(&self, rec: Option<Record>) -> Result<Option<T>> {
+    fn decode(&self, rec: Option<SharedRecord>) -> Result<Option<T>> {
         rec.map(|r| from_record(&self.raw.ts.def, &r)).transpose()
     }
 

@@ -66,7 +66,10 @@ async fn copied_keys_are_invalidated_at_their_cache_owner() {
         .await
         .expect("cache table");
     let a = [Value::Text("a".into())];
-    assert_eq!(t.get(&a).await.expect("get"), Some(row("a", "old")));
+    assert_eq!(
+        t.get(&a).await.expect("get").as_deref(),
+        Some(&row("a", "old"))
+    );
 
     // Without the hook the cache keeps serving what it held: the reason for the hook.
     let plain = CopyOptions {
@@ -76,7 +79,10 @@ async fn copied_keys_are_invalidated_at_their_cache_owner() {
     let rep = copy_between(&src, &dst, &plain).await.expect("copy");
     assert_eq!(rep.rows_copied, 2);
     assert_eq!(d.get(&a).await.expect("get"), Some(row("a", "first copy")));
-    assert_eq!(t.get(&a).await.expect("get"), Some(row("a", "old")));
+    assert_eq!(
+        t.get(&a).await.expect("get").as_deref(),
+        Some(&row("a", "old"))
+    );
 
     // With the hook, run from another session (as `keyward migrate copy` is), the owner drops
     // the key and the next read loads the copied row.
@@ -96,7 +102,10 @@ async fn copied_keys_are_invalidated_at_their_cache_owner() {
         .await
         .expect("copy");
     assert_eq!(rep.rows_copied, 2);
-    assert_eq!(t.get(&a).await.expect("get"), Some(row("a", "second copy")));
+    assert_eq!(
+        t.get(&a).await.expect("get").as_deref(),
+        Some(&row("a", "second copy"))
+    );
 
     // A wrong secret is refused by the owner: the copy fails instead of leaving stale keys.
     t.get(&a).await.expect("get"); // owned again

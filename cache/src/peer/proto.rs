@@ -68,6 +68,7 @@ mod tests {
     use super::*;
     use crate::cache::{Served, WriteOp};
     use keyward_dbc::Value;
+    use std::sync::Arc;
 
     fn every_value() -> Vec<Value> {
         vec![
@@ -114,7 +115,7 @@ mod tests {
         let resp = Response {
             id: 9,
             result: Ok(Reply::Values(vec![
-                Served::Value(Some(rec.clone())),
+                Served::Value(Some(Arc::new(rec.clone()))),
                 Served::Value(None),
                 Served::NotHeld,
             ])),
@@ -122,7 +123,7 @@ mod tests {
         let back: Response = postcard::from_bytes(&postcard::to_stdvec(&resp).unwrap()).unwrap();
         match back.result {
             Ok(Reply::Values(v)) => {
-                assert!(matches!(&v[0], Served::Value(Some(r)) if *r == rec));
+                assert!(matches!(&v[0], Served::Value(Some(r)) if **r == rec));
                 assert!(matches!(v[1], Served::Value(None)));
                 assert!(matches!(v[2], Served::NotHeld));
             }
@@ -131,7 +132,7 @@ mod tests {
         // A NaN, which JSON frames could not carry, crosses as itself.
         let nan = Response {
             id: 1,
-            result: Ok(Reply::Value(Some(vec![Value::F64(f64::NAN)]))),
+            result: Ok(Reply::Value(Some(Arc::new(vec![Value::F64(f64::NAN)])))),
         };
         let back: Response = postcard::from_bytes(&postcard::to_stdvec(&nan).unwrap()).unwrap();
         assert!(
@@ -164,7 +165,7 @@ mod tests {
         let rec = every_value();
         let pk: Key = vec![Value::Text("ключ".into())];
         let owned = postcard::to_stdvec(&Op::WriteMany(vec![
-            Write::Put(rec.clone()),
+            Write::Put(Arc::new(rec.clone())),
             Write::Delete(pk.clone()),
         ]))
         .unwrap();
@@ -173,7 +174,7 @@ mod tests {
         assert_eq!(owned, borrowed);
         match postcard::from_bytes::<Op>(&borrowed).unwrap() {
             Op::WriteMany(back) => {
-                assert!(matches!(&back[0], Write::Put(r) if *r == rec));
+                assert!(matches!(&back[0], Write::Put(r) if **r == rec));
                 assert!(matches!(&back[1], Write::Delete(k) if *k == pk));
             }
             other => panic!("{other:?}"),
@@ -184,7 +185,7 @@ mod tests {
     fn a_truncated_or_garbled_frame_is_an_error_not_a_panic() {
         let resp = Response {
             id: 3,
-            result: Ok(Reply::Value(Some(every_value()))),
+            result: Ok(Reply::Value(Some(Arc::new(every_value())))),
         };
         let bytes = postcard::to_stdvec(&resp).unwrap();
         for cut in 0..bytes.len() {

@@ -12,7 +12,9 @@
 //! directory; default `target/search-corpus/`, built with `build.sh … full` when missing),
 //! `KEYWARD_SEARCH_JUDGED` (default `search/corpus/judged.json`), `KEYWARD_BENCH_SEARCH_DB`
 //! (the DBC URL documents are stored in; default a SQLite file in a temp dir; `mem` for the
-//! in-memory store, which skips durability and is for profiling only).
+//! in-memory store, which skips durability and is for profiling only),
+//! `KEYWARD_BENCH_SEARCH_DUMP` (a directory: each side's top 10 per judged query goes to
+//! `<side>.jsonl` there, with the judged-relevant ids among them).
 
 use crate::anchor::{ensure_package, free_port, wait_port};
 use crate::harness::{
@@ -236,6 +238,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// With `KEYWARD_BENCH_SEARCH_DUMP=DIR`, each side's top 10 per judged query, and which of
+/// them are judged relevant, go to `DIR/<side>.jsonl` (one line per query): to see where two
+/// engines differ, not only by how much.
+fn dump_top10(side: &str, judged: &[Judged], results: &[Vec<String>]) {
+    let Some(dir) = std::env::var_os("KEYWARD_BENCH_SEARCH_DUMP") else {
+        return;
+    };
+    let mut out = String::new();
+    for (j, got) in judged.iter().zip(results) {
+        let top: Vec<&String> = got.iter().take(10).collect();
+        let hits: Vec<&&String> = top.iter().filter(|id| j.relevant.contains(**id)).collect();
+        let line = json!({"q": j.q, "lang": j.lang, "relevant": j.relevant.len(), "top10": top, "hits": hits});
+        out.push_str(&line.to_string());
+        out.push('\n');
+    }
+    let path = Path::new(&dir).join(format!("{side}.jsonl"));
+    if let Err(e) = std::fs::write(&path, out) {
+        eprintln!("KEYWARD_BENCH_SEARCH_DUMP: {}: {e}", path.display());
+    }
 }
 
 /// Mean over queries of |relevant ∩ top 10| / min(|relevant|, 10), per language.
@@ -502,6 +525,7 @@ impl Contender for Keyward {
                 .unwrap_or_default();
             got.push(ids);
         }
+        dump_top10("keyward", &self.judged, &got);
         let rec = recall(&self.judged, &got);
         self.call(
             reqwest::Method::DELETE,
@@ -840,6 +864,7 @@ impl Contender for Sphinx {
                     .collect(),
             );
         }
+        dump_top10("sphinx", &judged, &got);
         let rec = recall(&judged, &got);
         Ok(latency_measures(lat, docs_per_s, &rec))
     }

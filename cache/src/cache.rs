@@ -1076,16 +1076,16 @@ impl Inner {
         let v = ts.table.get(pk).await?.map(Arc::new);
         let size = entry_size(key, pk, v.as_deref());
         let mut sh = self.store.shard(key);
-        let mut fresh = false;
-        if let Some(e) = sh.map.peek_mut(key) {
-            if Arc::ptr_eq(&e.guard, &guard) && e.seq == seq && !e.is_dirty() {
+        let old_size = match sh.map.peek_mut(key) {
+            Some(e) if Arc::ptr_eq(&e.guard, &guard) && e.seq == seq && !e.is_dirty() => {
                 e.set_value(v);
                 e.expires = ts.opts.ttl.map(|t| Instant::now() + t);
-                fresh = true;
+                Some(std::mem::replace(&mut e.size, size))
             }
-        }
-        if fresh {
-            sh.resize(key, size, &self.c);
+            _ => None,
+        };
+        if let Some(old) = old_size {
+            sh.resized(old, size, &self.c);
         }
         Ok(())
     }
@@ -1505,16 +1505,16 @@ impl Inner {
         let size = entry_size(key, pk, new.as_deref());
         {
             let mut sh = self.store.shard(key);
-            let mut same = false;
-            if let Some(e) = sh.map.peek_mut(key) {
-                if Arc::ptr_eq(&e.guard, &guard) {
+            let old_size = match sh.map.peek_mut(key) {
+                Some(e) if Arc::ptr_eq(&e.guard, &guard) => {
                     e.set_value(new);
                     e.seq = self.next_seq();
-                    same = true;
+                    Some(std::mem::replace(&mut e.size, size))
                 }
-            }
-            if same {
-                sh.resize(key, size, &self.c);
+                _ => None,
+            };
+            if let Some(old) = old_size {
+                sh.resized(old, size, &self.c);
             }
         }
         inc(&self.c.writes);

@@ -468,14 +468,6 @@ impl Shard {
         flush
     }
 
-    /// Resizes an entry after its value changed.
-    pub fn resize(&mut self, key: &str, size: usize, c: &Counters) {
-        if let Some(e) = self.map.peek_mut(key) {
-            let old = std::mem::replace(&mut e.size, size);
-            self.resized(old, size, c);
-        }
-    }
-
     /// Accounts for an entry whose size went from `old` to `size` (already set on the entry).
     pub fn resized(&mut self, old: usize, size: usize, c: &Counters) {
         self.bytes = (self.bytes + size).saturating_sub(old);
